@@ -1,0 +1,104 @@
+"""Python-side registration of the compiled ``mmsgformer::sg_aggregate`` ops.
+
+Importing this module loads the extension ``mmsgformer._C`` (whose static initializers define the
+ops and their CPU/CUDA kernels) and registers what the dispatcher needs from Python:
+
+* fake (meta) kernels for ``sg_aggregate`` and ``sg_aggregate_backward``, so ``torch.compile``
+  and FakeTensor tracing see the output shapes without running the kernels;
+* the autograd formula: gradients to ``tokens``, ``weight`` and ``bias`` (none to ``order``).
+  Only ``tokens``, ``order`` and ``weight`` are saved for backward, never a permuted copy of the
+  tokens.
+
+It raises ImportError when the extension is not built.
+"""
+from typing import List, Sequence, Tuple
+
+import torch
+
+from .. import _C  # noqa: F401  (loads the shared library: defines torch.ops.mmsgformer.*)
+
+_FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
+def _num_out(op: str, tokens: torch.Tensor, order: torch.Tensor, weight: torch.Tensor,
+             seg_starts: Sequence[int], seg_lengths: Sequence[int],
+             group_sizes: Sequence[int]) -> int:
+    """Shape checks of the C++ op, on metadata only; returns the number of output tokens."""
+    if tokens.dim() != 3:
+        raise ValueError(f'{op}: tokens must be (B, N, C), got shape {tuple(tokens.shape)}')
+    if tokens.dtype not in _FLOAT_DTYPES:
+        raise ValueError(f'{op}: tokens dtype must be float32, float64, float16 or bfloat16, '
+                         f'got {tokens.dtype}')
+    for name, t in (('order', order), ('weight', weight)):
+        if t.device != tokens.device:
+            raise ValueError(f'{op}: {name} is on {t.device} but tokens are on {tokens.device}')
+    B, N, _ = tokens.shape
+    if order.dim() != 2 or order.shape[0] != B or order.shape[1] != N:
+        raise ValueError(f'{op}: order must be (B, N) = {(B, N)} like tokens, '
+                         f'got {tuple(order.shape)}')
+    if order.dtype != torch.int64:
+        raise ValueError(f'{op}: order must be int64 (torch.sort(...).indices), got {order.dtype}')
+    if not (len(seg_starts) == len(seg_lengths) == len(group_sizes)) or not group_sizes:
+        raise ValueError(f'{op}: seg_starts {list(seg_starts)}, seg_lengths {list(seg_lengths)} '
+                         f'and group_sizes {list(group_sizes)} must have one entry per segment')
+    if weight.dim() != 1 or weight.shape[0] != sum(group_sizes):
+        raise ValueError(f'{op}: weight has shape {tuple(weight.shape)} but must be '
+                         f'(sum(group_sizes),) = ({sum(group_sizes)},)')
+    total = 0
+    for length in seg_lengths:
+        total = total + length
+    torch._check(total == N, lambda: f'{op}: the layout covers {total} ranks but tokens have '
+                                     f'N={N}; build it with segment_layout(N, sr_ratio)')
+    return sum((length + g - 1) // g for length, g in zip(seg_lengths, group_sizes))
+
+
+@torch.library.register_fake('mmsgformer::sg_aggregate')
+def _sg_aggregate_fake(tokens: torch.Tensor, order: torch.Tensor, weight: torch.Tensor,
+                       bias: torch.Tensor, seg_starts: List[int], seg_lengths: List[int],
+                       group_sizes: List[int]) -> torch.Tensor:
+    num_out = _num_out('sg_aggregate', tokens, order, weight, seg_starts, seg_lengths,
+                       group_sizes)
+    if bias.device != tokens.device:
+        raise ValueError(f'sg_aggregate: bias is on {bias.device} but tokens are on '
+                         f'{tokens.device}')
+    if bias.dim() != 1 or bias.shape[0] != len(group_sizes):
+        raise ValueError(f'sg_aggregate: bias must have shape ({len(group_sizes)},) '
+                         f'(one per segment), got {tuple(bias.shape)}')
+    return tokens.new_empty((tokens.shape[0], num_out, tokens.shape[2]))
+
+
+@torch.library.register_fake('mmsgformer::sg_aggregate_backward')
+def _sg_aggregate_backward_fake(
+        grad_out: torch.Tensor, tokens: torch.Tensor, order: torch.Tensor, weight: torch.Tensor,
+        seg_starts: List[int], seg_lengths: List[int],
+        group_sizes: List[int]) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    num_out = _num_out('sg_aggregate_backward', tokens, order, weight, seg_starts, seg_lengths,
+                       group_sizes)
+    expected = (tokens.shape[0], num_out, tokens.shape[2])
+    if grad_out.dim() != 3 or grad_out.shape[1] != num_out:
+        raise ValueError(f'sg_aggregate_backward: grad_out must be (B, num_out, C) = {expected}, '
+                         f'got {tuple(grad_out.shape)}')
+    return (torch.empty_like(tokens, memory_format=torch.contiguous_format),
+            weight.new_empty(weight.shape), weight.new_empty((len(group_sizes),)))
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    tokens, order, weight, _bias, seg_starts, seg_lengths, group_sizes = inputs
+    ctx.save_for_backward(tokens, order, weight)
+    ctx.layout = (seg_starts, seg_lengths, group_sizes)
+
+
+def _backward(ctx, grad_out: torch.Tensor):
+    tokens, order, weight = ctx.saved_tensors
+    need_tokens, _, need_weight, need_bias = ctx.needs_input_grad[:4]
+    if not (need_tokens or need_weight or need_bias):
+        return None, None, None, None, None, None, None
+    grad_tokens, grad_weight, grad_bias = torch.ops.mmsgformer.sg_aggregate_backward(
+        grad_out, tokens, order, weight, *ctx.layout)
+    return (grad_tokens if need_tokens else None, None,
+            grad_weight if need_weight else None, grad_bias if need_bias else None,
+            None, None, None)
+
+
+torch.library.register_autograd('mmsgformer::sg_aggregate', _backward,
+                                setup_context=_setup_context)
