@@ -1,0 +1,471 @@
+"""SG-Former backbone (Ren et al., ICCV 2023) for mmpretrain, mmdet and mmsegmentation."""
+import math
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torch.utils.checkpoint as cp
+from mmengine.logging import print_log
+from mmengine.model import BaseModule
+from mmengine.registry import MODELS
+
+from mmsgformer.ops import IMPLS, group_sizes_for
+from .attention import HybridScaleAttention, SelfGuidedAttention, StandardAttention
+from .blocks import Block, Head, PatchMerging, tokens_to_map
+from .significance import SignificanceRecord
+
+_ARCH_KEYS = ('embed_dims', 'num_heads', 'depths')
+
+
+def sincos_pos_embed(dim: int, grid_h: int, grid_w: int) -> torch.Tensor:
+    """The official fixed 2-D sin-cos table (MAE recipe), ``(1, grid_h*grid_w, dim)`` float32.
+
+    Token ``m = yy*grid_w + xx``; channels ``[0, dim/2)`` encode the column ``xx``, channels
+    ``[dim/2, dim)`` the row ``yy``; each half is ``[sin(p*w_k), cos(p*w_k)]`` with
+    ``w_k = 10000^(-k/(dim/4))``, computed in float64 (spec §8).
+    """
+    if dim % 4 != 0:
+        raise ValueError(f'embed_dims[0]={dim} must be divisible by 4 for the 2-D sin-cos '
+                         f'position table')
+    quarter = dim // 4
+    omega = torch.arange(quarter, dtype=torch.float64) / quarter
+    omega = 1. / 10000 ** omega
+    yy, xx = torch.meshgrid(torch.arange(grid_h, dtype=torch.float64),
+                            torch.arange(grid_w, dtype=torch.float64), indexing='ij')
+
+    def emb_1d(pos: torch.Tensor) -> torch.Tensor:
+        out = pos.reshape(-1, 1) * omega.reshape(1, -1)
+        return torch.cat([torch.sin(out), torch.cos(out)], dim=1)
+
+    return torch.cat([emb_1d(xx), emb_1d(yy)], dim=1).float().unsqueeze(0)
+
+
+def resize_pos_embed(pos_embed: torch.Tensor, src_hw: Tuple[int, int],
+                     dst_hw: Tuple[int, int]) -> torch.Tensor:
+    """Bicubic (``align_corners=False``) resize of a ``(1, Hs*Ws, C)`` table to ``(1, Hd*Wd, C)``.
+
+    Returns the input unchanged when the grids are equal.
+    """
+    if tuple(src_hw) == tuple(dst_hw):
+        return pos_embed
+    _, n, c = pos_embed.shape
+    if n != src_hw[0] * src_hw[1]:
+        raise ValueError(f'pos_embed has {n} tokens, not {src_hw[0]}x{src_hw[1]}')
+    grid = pos_embed.reshape(1, src_hw[0], src_hw[1], c).permute(0, 3, 1, 2)
+    grid = F.interpolate(grid, size=tuple(dst_hw), mode='bicubic', align_corners=False)
+    return grid.flatten(2).transpose(1, 2)
+
+
+def _as_pair(value: Union[int, Sequence[int]], name: str) -> Tuple[int, int]:
+    if isinstance(value, int) and not isinstance(value, bool):
+        pair = (value, value)
+    elif isinstance(value, (tuple, list)) and len(value) == 2 and all(
+            isinstance(v, int) and not isinstance(v, bool) for v in value):
+        pair = (int(value[0]), int(value[1]))
+    else:
+        raise ValueError(f'{name}={value!r} must be an int or an (H, W) pair of ints')
+    if min(pair) < 32:
+        raise ValueError(f'{name}={value!r} must be >= 32 pixels per side')
+    return pair
+
+
+@MODELS.register_module()
+class SGFormer(BaseModule):
+    """SG-Former backbone: "SG-Former: Self-guided Transformer with Evolving Token Reallocation".
+
+    Four stages (strides 4/8/16/32). Stages 1-3 alternate hybrid-scale attention (even block
+    index; it produces a significance map) and self-guided attention (odd index; it reallocates
+    tokens by ranking them with that map); stage 4 uses standard global attention. Parameter
+    names are the official ones (``pos_embed``, ``patch_embed{i}``, ``block{i}.{j}``,
+    ``norm{i}``), so an official checkpoint without ``head.*`` loads with ``strict=True``.
+
+    Args:
+        arch: ``'s'/'small'``, ``'m'/'medium'``, ``'b'/'base'`` or a dict with exactly the keys
+            ``embed_dims``, ``num_heads`` and ``depths`` (four entries each). Depths and head
+            counts of stages 1-3 must be even.
+        sr_ratios: spatial-reduction ratio of each stage; stages 1-3 take 8, 4 or 2 (they select
+            the self-guided segment rule), stage 4 must be 1. Default ``(8, 4, 2, 1)``.
+        mlp_ratio: FFN hidden size / embed dim. Default 4.
+        qkv_bias: bias of the q/kv projections. Default True.
+        drop_path_rate: stochastic depth rate, linear over all blocks. Default 0.
+        pretrain_img_size: image size (int, or an ``(H, W)`` pair) the position table is built
+            for; the table grid is ``size // 4``. Default 224 (a 56x56 table).
+        out_indices: stages (0-3) whose normalized outputs are returned. Default (0, 1, 2, 3).
+        frozen_stages: freeze the stem and ``pos_embed`` (0) and stages ``1..frozen_stages``
+            (blocks, downsampling and norm); -1 freezes nothing. Kept frozen by ``train()``.
+        with_cp: gradient checkpointing of every block (when the input requires grad).
+        sga_impl: ``'auto'``, ``'op'`` or ``'reference'``: implementation of
+            :func:`mmsgformer.ops.sg_aggregate` used by the self-guided blocks.
+        init_cfg: ``None`` (official init, spec §10) or
+            ``dict(type='Pretrained', checkpoint=PATH[, prefix=...])``: an official training
+            checkpoint (``state_dict_ema`` preferred), a converted one or a runner checkpoint.
+
+    Input / output:
+        ``forward(x)`` takes ``(B, 3, H, W)`` with ``H, W >= 32`` and returns a tuple with one
+        ``(B, C_i, H_i, W_i)`` map per entry of ``out_indices``, taken after the stage norm.
+        ``forward(x, return_significance=True)`` returns ``(outs, records)``, one
+        :class:`SignificanceRecord` ``(stage, block, sr_ratio, significance (B, H_i, W_i))`` per
+        hybrid-scale block, in order.
+
+    Generalization beyond the official input sizes (the official code only runs at
+    ``112a x 112b`` pixels with ``a*b % 4 == 0`` and a matching square position table; at those
+    sizes this class computes exactly the official function, with no padding or masking):
+
+    * Token grids: stem ``ceil(ceil(H/2)/2)``, each downsampling ``ceil(H/2)`` (conv arithmetic).
+    * ``pos_embed``: when the stem grid differs from the table grid, the table is resized to the
+      stem grid by bicubic interpolation (``align_corners=False``) of its 2-D grid; otherwise it
+      is added as is. Loading a checkpoint whose table has another size resizes it to this
+      model's table the same way.
+    * 7x7 windows of hybrid-scale attention: a grid not divisible by 7 is padded bottom/right to
+      a multiple of 7; padded keys are masked (they get no attention) and padded queries are
+      discarded. The local significance of a window is the mean over its real queries only, so
+      the significance of real tokens does not depend on the padding.
+    * Coarse branch: the ``sr`` conv floors ``H/r`` (it runs on the unpadded grid) and its
+      significance is upsampled back with nearest interpolation, as in the official code.
+    * Self-guided segments: ``mmsgformer.ops.segment_layout(N, r)``: segment boundaries at
+      ``floor(N*q/4)``; a segment of ``L`` ranks gives ``ceil(L/g_k)`` groups, the last one
+      possibly short (missing slots contribute nothing). This is the official rule at official
+      sizes.
+    * The significance map never crosses a stage boundary: depths of stages 1-3 must be even,
+      so every hybrid-scale block is followed by its self-guided block (official quirk Q5).
+    """
+
+    arch_zoo: Dict[str, Dict[str, List[int]]] = {
+        **dict.fromkeys(['s', 'small'], {
+            'embed_dims': [64, 128, 256, 512],
+            'num_heads': [2, 4, 8, 16],
+            'depths': [2, 4, 16, 1]
+        }),
+        **dict.fromkeys(['m', 'medium'], {
+            'embed_dims': [64, 128, 256, 512],
+            'num_heads': [2, 4, 8, 16],
+            'depths': [2, 6, 28, 2]
+        }),
+        **dict.fromkeys(['b', 'base'], {
+            'embed_dims': [96, 192, 384, 768],
+            'num_heads': [4, 6, 12, 24],
+            'depths': [4, 6, 24, 2]
+        }),
+    }
+    num_stages = 4
+
+    def __init__(self,
+                 arch: Union[str, Dict[str, Sequence[int]]] = 's',
+                 sr_ratios: Sequence[int] = (8, 4, 2, 1),
+                 mlp_ratio: float = 4.,
+                 qkv_bias: bool = True,
+                 drop_path_rate: float = 0.,
+                 pretrain_img_size: Union[int, Sequence[int]] = 224,
+                 out_indices: Sequence[int] = (0, 1, 2, 3),
+                 frozen_stages: int = -1,
+                 with_cp: bool = False,
+                 sga_impl: str = 'auto',
+                 init_cfg: Optional[Union[dict, List[dict]]] = None) -> None:
+        super().__init__(init_cfg=init_cfg)
+        arch = self._parse_arch(arch)
+        self.embed_dims: List[int] = arch['embed_dims']
+        self.num_heads: List[int] = arch['num_heads']
+        self.depths: List[int] = arch['depths']
+        self.sr_ratios = self._check_sr_ratios(sr_ratios)
+        if not (isinstance(mlp_ratio, (int, float)) and mlp_ratio > 0):
+            raise ValueError(f'mlp_ratio={mlp_ratio!r} must be a positive number')
+        if not (isinstance(drop_path_rate, (int, float)) and 0. <= drop_path_rate < 1.):
+            raise ValueError(f'drop_path_rate={drop_path_rate!r} must be in [0, 1)')
+        if sga_impl not in IMPLS:
+            raise ValueError(f'sga_impl={sga_impl!r} must be one of {IMPLS}')
+        self.out_indices = self._check_out_indices(out_indices)
+        if (not isinstance(frozen_stages, int) or isinstance(frozen_stages, bool)
+                or not -1 <= frozen_stages <= self.num_stages):
+            raise ValueError(f'frozen_stages={frozen_stages!r} must be an int in [-1, 4] '
+                             f'(-1: none, 0: stem and pos_embed, i: also stages 1..i)')
+        self.frozen_stages = frozen_stages
+        self.with_cp = bool(with_cp)
+        self.sga_impl = sga_impl
+        self.mlp_ratio = mlp_ratio
+        self.pretrain_img_size = _as_pair(pretrain_img_size, 'pretrain_img_size')
+        self.pos_grid = (self.pretrain_img_size[0] // 4, self.pretrain_img_size[1] // 4)
+
+        c1 = self.embed_dims[0]
+        self.pos_embed = nn.Parameter(sincos_pos_embed(c1, *self.pos_grid))
+        dpr = torch.linspace(0, drop_path_rate, sum(self.depths), device='cpu').tolist()
+        cur = 0
+        for i in range(self.num_stages):
+            dim, heads, r = self.embed_dims[i], self.num_heads[i], self.sr_ratios[i]
+            if i == 0:
+                self.patch_embed1 = Head(dim)
+            else:
+                setattr(self, f'patch_embed{i + 1}', PatchMerging(self.embed_dims[i - 1], dim))
+            blocks = nn.ModuleList()
+            for j in range(self.depths[i]):
+                if r == 1:
+                    attn = StandardAttention(dim, heads, qkv_bias)
+                elif j % 2 == 0:
+                    attn = HybridScaleAttention(dim, heads, r, qkv_bias)
+                else:
+                    attn = SelfGuidedAttention(dim, heads, r, qkv_bias, sga_impl)
+                blocks.append(Block(dim, attn, mlp_ratio, dpr[cur + j]))
+            cur += self.depths[i]
+            setattr(self, f'block{i + 1}', blocks)
+            setattr(self, f'norm{i + 1}', nn.LayerNorm(dim, eps=1e-6))
+
+        self._register_load_state_dict_pre_hook(self._pos_embed_load_hook)
+        self._freeze_stages()
+
+    # ------------------------------------------------------------------ validation
+    @classmethod
+    def _parse_arch(cls, arch: Union[str, Dict[str, Sequence[int]]]) -> Dict[str, List[int]]:
+        if isinstance(arch, str):
+            key = arch.lower()
+            if key not in cls.arch_zoo:
+                raise ValueError(f'arch={arch!r} is not a known SGFormer arch; choose one of '
+                                 f'{sorted(set(cls.arch_zoo))} or pass a dict with keys '
+                                 f'{_ARCH_KEYS}')
+            arch = cls.arch_zoo[key]
+        elif isinstance(arch, dict):
+            if set(arch) != set(_ARCH_KEYS):
+                missing = sorted(set(_ARCH_KEYS) - set(arch))
+                extra = sorted(set(arch) - set(_ARCH_KEYS))
+                raise ValueError(f'arch dict must have exactly the keys {_ARCH_KEYS}; '
+                                 f'missing {missing}, unexpected {extra}')
+        else:
+            raise ValueError(f'arch={arch!r} must be a string or a dict')
+        out = {}
+        for k in _ARCH_KEYS:
+            v = arch[k]
+            if (not isinstance(v, (list, tuple)) or len(v) != cls.num_stages
+                    or not all(isinstance(x, int) and not isinstance(x, bool) and x > 0
+                               for x in v)):
+                raise ValueError(f'arch[{k!r}]={v!r} must be 4 positive ints')
+            out[k] = list(v)
+        for i in range(cls.num_stages):
+            dim, heads, depth = out['embed_dims'][i], out['num_heads'][i], out['depths'][i]
+            if i < 3 and depth % 2:
+                raise ValueError(f'depths[{i}]={depth} must be even: stages 1-3 alternate '
+                                 f'hybrid-scale and self-guided blocks')
+            if i < 3 and heads % 2:
+                raise ValueError(f'num_heads[{i}]={heads} must be even: hybrid-scale and '
+                                 f'self-guided attention split the heads into two groups')
+            if dim % heads:
+                raise ValueError(f'embed_dims[{i}]={dim} must be divisible by '
+                                 f'num_heads[{i}]={heads}')
+        if out['embed_dims'][0] % 4:
+            raise ValueError(f"embed_dims[0]={out['embed_dims'][0]} must be divisible by 4 "
+                             f'(2-D sin-cos position table)')
+        return out
+
+    def _check_sr_ratios(self, sr_ratios: Sequence[int]) -> List[int]:
+        if not isinstance(sr_ratios, (list, tuple)) or len(sr_ratios) != self.num_stages:
+            raise ValueError(f'sr_ratios={sr_ratios!r} must have 4 entries')
+        for r in sr_ratios[:3]:
+            group_sizes_for(r)  # raises ValueError naming the ratio and the supported ones
+        if sr_ratios[3] != 1:
+            raise ValueError(f'sr_ratios[3]={sr_ratios[3]} must be 1: stage 4 uses standard '
+                             f'global attention')
+        return list(sr_ratios)
+
+    def _check_out_indices(self, out_indices: Sequence[int]) -> Tuple[int, ...]:
+        if isinstance(out_indices, int) and not isinstance(out_indices, bool):
+            out_indices = (out_indices, )
+        if not isinstance(out_indices, (list, tuple)) or len(out_indices) == 0:
+            raise ValueError(f'out_indices={out_indices!r} must be a non-empty sequence of '
+                             f'stage indices in [0, 3]')
+        norm = []
+        for idx in out_indices:
+            if (not isinstance(idx, int) or isinstance(idx, bool)
+                    or not -self.num_stages <= idx < self.num_stages):
+                raise ValueError(f'out_indices={tuple(out_indices)!r}: entry {idx!r} must be '
+                                 f'an int in [0, 3] (or [-4, -1])')
+            idx = idx % self.num_stages
+            if idx in norm:
+                raise ValueError(f'out_indices={tuple(out_indices)!r} repeats stage {idx}')
+            norm.append(idx)
+        return tuple(norm)
+
+    # ------------------------------------------------------------------ position table
+    def _stage_pos_embed(self, H: int, W: int) -> torch.Tensor:
+        """Position table for a stem grid ``(H, W)``: ``(1, H*W, C1)``."""
+        if (H, W) == self.pos_grid:
+            return self.pos_embed
+        return resize_pos_embed(self.pos_embed, self.pos_grid, (H, W))
+
+    def _table_grid_of(self, num_tokens: int) -> Tuple[int, int]:
+        """Grid of a checkpoint table with ``num_tokens`` entries: the model's aspect ratio."""
+        gh, gw = self.pos_grid
+        h = math.isqrt(max(num_tokens * gh // gw, 0))
+        for cand in (h - 1, h, h + 1):
+            if cand > 0 and num_tokens % cand == 0:
+                w = num_tokens // cand
+                if cand * gw == w * gh:
+                    return cand, w
+        s = math.isqrt(num_tokens)
+        if s * s == num_tokens:
+            return s, s
+        raise ValueError(f'cannot infer the grid of a pos_embed with {num_tokens} tokens: it is '
+                         f'neither square nor of the model table aspect {gh}x{gw}')
+
+    def _pos_embed_load_hook(self, state_dict: dict, prefix: str, *args) -> None:
+        key = prefix + 'pos_embed'
+        if key not in state_dict:
+            return
+        value = state_dict[key]
+        if (value.ndim != 3 or value.shape == self.pos_embed.shape
+                or value.shape[-1] != self.pos_embed.shape[-1]):
+            return  # same shape, or an incompatible one that load_state_dict will report
+        src = self._table_grid_of(value.shape[1])
+        state_dict[key] = resize_pos_embed(value.float(), src, self.pos_grid).to(value.dtype)
+        print_log(f'SGFormer: resized pos_embed {src[0]}x{src[1]} -> '
+                  f'{self.pos_grid[0]}x{self.pos_grid[1]} (bicubic)', logger='current')
+
+    # ------------------------------------------------------------------ init / loading
+    @torch.no_grad()
+    def _official_init(self) -> None:
+        """Official initialization (spec §10)."""
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=.02, a=-2., b=2.)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, (nn.LayerNorm, nn.GroupNorm)):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Conv2d):
+                fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels // m.groups
+                m.weight.normal_(0, math.sqrt(2.0 / fan_out))
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+        self.pos_embed.copy_(sincos_pos_embed(self.embed_dims[0], *self.pos_grid))
+
+    def init_weights(self) -> None:
+        """Official init, then the ``Pretrained`` checkpoint of ``init_cfg`` if any."""
+        self._official_init()
+        cfgs = self.init_cfg
+        if cfgs is None:
+            cfgs = []
+        elif isinstance(cfgs, dict):
+            cfgs = [cfgs]
+        pretrained = [c for c in cfgs if c.get('type') == 'Pretrained']
+        others = [c for c in cfgs if c.get('type') != 'Pretrained']
+        if len(pretrained) > 1:
+            raise ValueError(f'init_cfg has {len(pretrained)} Pretrained entries; give one')
+        if others:
+            from mmengine.model.weight_init import initialize
+            initialize(self, others)
+        if pretrained:
+            cfg = pretrained[0]
+            if 'checkpoint' not in cfg:
+                raise ValueError(f"init_cfg={cfg!r} of type 'Pretrained' needs 'checkpoint'")
+            self.load_pretrained(cfg['checkpoint'], prefix=cfg.get('prefix'),
+                                 map_location=cfg.get('map_location', 'cpu'))
+        self._is_init = True
+
+    def load_pretrained(self, checkpoint: str, prefix: Optional[str] = None,
+                        map_location: str = 'cpu', weights_only: bool = True) -> Dict[str, list]:
+        """Load an official (or converted / runner) checkpoint into the backbone.
+
+        Uses :func:`mmsgformer.checkpoint.read_state_dict` (``state_dict_ema`` > ``state_dict``
+        > ``model`` > bare dict; ``module.``/``backbone.`` stripped; ``head.*`` set aside).
+        ``pos_embed`` is resized when its grid differs. Logs what was loaded, missing and
+        unexpected.
+
+        Raises:
+            ValueError: no key of the checkpoint matches the backbone, or a tensor other than
+                ``pos_embed`` has a different shape.
+
+        Returns:
+            ``{'loaded': [...], 'missing': [...], 'unexpected': [...]}``.
+        """
+        from mmsgformer.checkpoint import read_state_dict
+        ckpt = read_state_dict(checkpoint, map_location=map_location, prefix=prefix,
+                               weights_only=weights_only)
+        state = ckpt.backbone
+        own = self.state_dict()
+        matched = [k for k in state if k in own]
+        if not matched:
+            raise ValueError(f'checkpoint {checkpoint!r} ({ckpt.source}) matches none of the '
+                             f'{len(own)} SGFormer keys (first checkpoint keys: '
+                             f'{list(state)[:5]})')
+        for k in matched:
+            if k != 'pos_embed' and state[k].shape != own[k].shape:
+                raise ValueError(f'checkpoint {checkpoint!r}: {k} has shape '
+                                 f'{tuple(state[k].shape)} but the model expects '
+                                 f'{tuple(own[k].shape)}')
+        if 'pos_embed' in state and state['pos_embed'].shape[-1] != own['pos_embed'].shape[-1]:
+            raise ValueError(f"checkpoint {checkpoint!r}: pos_embed has shape "
+                             f"{tuple(state['pos_embed'].shape)} but the model expects "
+                             f"{tuple(own['pos_embed'].shape)} (channel count differs)")
+        result = self.load_state_dict(state, strict=False)
+        report = {'loaded': matched, 'missing': list(result.missing_keys),
+                  'unexpected': list(result.unexpected_keys)}
+        print_log(f'SGFormer: loaded {len(matched)}/{len(own)} tensors from {checkpoint} '
+                  f"({ckpt.source}); missing {len(report['missing'])}: "
+                  f"{report['missing']}; unexpected {len(report['unexpected'])}: "
+                  f"{report['unexpected']}; set aside {len(ckpt.head)} head tensors "
+                  f'and dropped {len(ckpt.dropped)} others', logger='current')
+        return report
+
+    # ------------------------------------------------------------------ freezing
+    def _stage_modules(self, i: int) -> List[nn.Module]:
+        mods = [getattr(self, f'block{i}'), getattr(self, f'norm{i}')]
+        if i >= 2:
+            mods.append(getattr(self, f'patch_embed{i}'))
+        return mods
+
+    def _freeze_stages(self) -> None:
+        if self.frozen_stages >= 0:
+            self.patch_embed1.eval()
+            for p in self.patch_embed1.parameters():
+                p.requires_grad = False
+            self.pos_embed.requires_grad = False
+        for i in range(1, self.frozen_stages + 1):
+            for m in self._stage_modules(i):
+                m.eval()
+                for p in m.parameters():
+                    p.requires_grad = False
+
+    def train(self, mode: bool = True) -> 'SGFormer':
+        super().train(mode)
+        self._freeze_stages()
+        return self
+
+    # ------------------------------------------------------------------ forward
+    def _check_input(self, x: torch.Tensor) -> None:
+        if not isinstance(x, torch.Tensor) or x.ndim != 4:
+            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f'input of shape {shape} must be 4-D (B, 3, H, W)')
+        if x.shape[1] != 3:
+            raise ValueError(f'input of shape {tuple(x.shape)} must have 3 channels')
+        if x.shape[2] < 32 or x.shape[3] < 32:
+            raise ValueError(f'input of shape {tuple(x.shape)} is too small: H and W must be '
+                             f'>= 32 pixels')
+
+    def forward(self, x: torch.Tensor, return_significance: bool = False
+                ) -> Union[Tuple[torch.Tensor, ...],
+                           Tuple[Tuple[torch.Tensor, ...], List[SignificanceRecord]]]:
+        """``(B, 3, H, W)`` -> tuple of ``(B, C_i, H_i, W_i)`` (one per ``out_indices``).
+
+        With ``return_significance=True`` also returns the list of
+        :class:`SignificanceRecord` of the hybrid-scale blocks.
+        """
+        self._check_input(x)
+        outs, records = {}, []
+        x, H, W = self.patch_embed1(x)
+        x = x + self._stage_pos_embed(H, W)
+        for i in range(self.num_stages):
+            if i > 0:
+                x, H, W = getattr(self, f'patch_embed{i + 1}')(x)
+            sig = None
+            for j, blk in enumerate(getattr(self, f'block{i + 1}')):
+                if self.with_cp and x.requires_grad:
+                    x, sig = cp.checkpoint(blk, x, H, W, sig, use_reentrant=False)
+                else:
+                    x, sig = blk(x, H, W, sig)
+                if sig is not None and return_significance:
+                    records.append(SignificanceRecord(i + 1, j, self.sr_ratios[i], sig))
+            x = tokens_to_map(getattr(self, f'norm{i + 1}')(x), H, W).contiguous()
+            if i in self.out_indices:
+                outs[i] = x
+        outs = tuple(outs[i] for i in self.out_indices)
+        if return_significance:
+            return outs, records
+        return outs

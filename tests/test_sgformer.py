@@ -1,0 +1,453 @@
+"""Tests of the SGFormer backbone (tiny archs, small inputs, CPU)."""
+import math
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from mmsgformer.models import SGFormer, SignificanceRecord
+from mmsgformer.models.attention import HybridScaleAttention, SelfGuidedAttention
+from mmsgformer.models.significance import col_to_row_index, rank_tokens
+from mmsgformer.ops import segment_layout
+from official_sgformer import (TINY, make_official_state_dict, official_forward,
+                               official_significance)
+
+SPEC = '/work/shared/sgformer-spec.md'
+MICRO = dict(embed_dims=[8, 16, 32, 32], num_heads=[2, 2, 2, 2], depths=[2, 2, 2, 1])
+FROZEN_KEYS = os.path.join(os.path.dirname(__file__), 'data', 'sgformer_s_state_dict.txt')
+
+
+def tiny(**kw) -> SGFormer:
+    kw.setdefault('sga_impl', 'reference')
+    return SGFormer(arch=dict(TINY), **kw)
+
+
+def backbone_part(sd):
+    return {k: v for k, v in sd.items() if not k.startswith('head.')}
+
+
+# --------------------------------------------------------------------------- registry / import
+@pytest.mark.parametrize('scope', ['mmpretrain', 'mmdet', 'mmseg'])
+def test_builds_in_every_codebase_scope(scope):
+    registry = __import__(f'{scope}.registry', fromlist=['MODELS']).MODELS
+    from mmengine.registry import DefaultScope
+    with DefaultScope.overwrite_default_scope(scope):
+        model = registry.build(dict(type='SGFormer', arch=dict(TINY), out_indices=(1, 3)))
+    assert type(model) is SGFormer
+    assert model.out_indices == (1, 3)
+    assert model.embed_dims == TINY['embed_dims']
+
+
+def test_import_does_not_pull_mmdet_or_mmseg():
+    code = ('import sys, mmsgformer, mmsgformer.models, mmsgformer.checkpoint; '
+            'from mmengine.registry import MODELS; '
+            "assert MODELS.get('SGFormer') is not None; "
+            "bad = [m for m in ('mmdet', 'mmseg') if m in sys.modules]; "
+            "assert not bad, bad; print('ok')")
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == 'ok'
+
+
+# --------------------------------------------------------------------------- schema / counts
+def _appendix_keys():
+    if os.path.exists(SPEC):
+        text = open(SPEC).read()
+        block = text.split('## Appendix A', 1)[1].split('```', 2)[1]
+    else:
+        block = open(FROZEN_KEYS).read()
+    rows = []
+    for line in block.strip().splitlines():
+        name, shape = line.split(None, 1)
+        rows.append((name, tuple(int(v) for v in re.findall(r'\d+', shape))))
+    return rows
+
+
+def test_state_dict_equals_spec_appendix_a():
+    rows = _appendix_keys()
+    assert len(rows) == 669
+    with torch.device('meta'):
+        model = SGFormer('s')
+    ours = [(k, tuple(v.shape)) for k, v in model.state_dict().items()]
+    expected = [r for r in rows if not r[0].startswith('head.')]
+    assert len(expected) == 667
+    assert ours == expected  # names, shapes and official order
+
+
+@pytest.mark.parametrize('arch,count,entries', [('s', 22_032_981, 667), ('small', 22_032_981, 667),
+                                                ('m', 38_176_316, 1067),
+                                                ('b', 77_181_293, 1015)])
+def test_parameter_counts(arch, count, entries):
+    with torch.device('meta'):
+        model = SGFormer(arch)
+    assert sum(p.numel() for p in model.parameters()) == count
+    assert len(model.state_dict()) == entries
+    assert not list(model.buffers())
+
+
+# --------------------------------------------------------------------------- official equality
+@pytest.mark.parametrize('size,batch', [((224, 224), 2), ((448, 448), 1), ((224, 448), 1)])
+def test_float64_equals_official_path(size, batch):
+    grid = (size[0] // 4, size[1] // 4)
+    sd = make_official_state_dict(TINY['embed_dims'], TINY['num_heads'], TINY['depths'],
+                                  pos_tokens=grid[0] * grid[1], seed=sum(size))
+    model = tiny(pretrain_img_size=size).double().eval()
+    model.load_state_dict(backbone_part(sd), strict=True)
+    x = torch.randn(batch, 3, *size, dtype=torch.float64,
+                    generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        outs, records = model(x, return_significance=True)
+        ref, logits = official_forward(sd, x, TINY['num_heads'], TINY['depths'])
+        ref_maps = official_significance(sd, x, TINY['num_heads'], TINY['depths'])
+    assert len(outs) == 4
+    for o, r in zip(outs, ref):
+        assert o.shape == r.shape
+        assert (o - r).abs().max().item() < 1e-8
+        assert r.abs().max().item() > 0.1  # non-trivial values
+    assert [(r.stage, r.block, r.sr_ratio) for r in records] == [(1, 0, 8), (2, 0, 4), (3, 0, 2)]
+    for rec, m in zip(records, ref_maps):
+        assert isinstance(rec, SignificanceRecord)
+        assert rec.significance.shape == m.shape
+        assert (rec.significance - m).abs().max().item() < 1e-12
+    # at official sizes each part averages 1/Nk: the map's mean is 2/49 in every stage (224 px)
+    if size == (224, 224):
+        for rec in records:
+            assert rec.significance.mean().item() == pytest.approx(2 / 49, abs=1e-12)
+    # the classifier on top of stage 4 gives the official logits
+    ours_logits = torch.nn.functional.linear(outs[3].flatten(2).mean(-1), sd['head.weight'],
+                                             sd['head.bias'])
+    assert (ours_logits - logits).abs().max().item() < 1e-8
+
+
+def test_float32_first_map_bitwise_equal_to_official_path():
+    """float32: the stem and the first hybrid-scale block use the official operation order, so the
+    first significance map (and hence the first sort) is bitwise the official one."""
+    torch.manual_seed(0)
+    model = tiny(sga_impl='auto').eval()
+    model.init_weights()  # official init: near-uniform maps, many near-ties
+    sd = dict(model.state_dict())
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        outs, records = model(x, return_significance=True)
+        ref, _ = official_forward(sd, x, TINY['num_heads'], TINY['depths'])
+        ref_maps = official_significance(sd, x, TINY['num_heads'], TINY['depths'])
+    assert torch.equal(records[0].significance, ref_maps[0])
+    assert (outs[0] - ref[0]).abs().max().item() < 1e-5
+
+
+# --------------------------------------------------------------------------- shapes / sizes
+@pytest.mark.parametrize('size', [(224, 224), (448, 448), (800, 1333), (512, 512), (333, 517),
+                                  (32, 32), (33, 47)])
+def test_output_shapes_any_size(size):
+    arch = dict(MICRO) if size[0] * size[1] > 448 * 448 else dict(TINY)
+    model = SGFormer(arch=arch, sga_impl='reference').eval()
+    x = torch.randn(1, 3, *size)
+    with torch.no_grad():
+        outs, records = model(x, return_significance=True)
+    h, w = (math.ceil(math.ceil(s / 2) / 2) for s in size)
+    for i, o in enumerate(outs):
+        if i > 0:
+            h, w = math.ceil(h / 2), math.ceil(w / 2)
+        assert o.shape == (1, arch['embed_dims'][i], h, w)
+        assert torch.isfinite(o).all()
+    for rec, o in zip(records, outs):
+        assert rec.significance.shape == (1, ) + o.shape[2:]
+        assert torch.isfinite(rec.significance).all()
+        assert (rec.significance > 0).all()
+
+
+def test_default_arch_runs():
+    model = SGFormer('s', sga_impl='reference').eval()
+    with torch.no_grad():
+        outs = model(torch.randn(1, 3, 112, 160))
+    assert [tuple(o.shape) for o in outs] == [(1, 64, 28, 40), (1, 128, 14, 20),
+                                             (1, 256, 7, 10), (1, 512, 4, 5)]
+    assert all(torch.isfinite(o).all() for o in outs)
+
+
+def test_out_indices():
+    x = torch.randn(1, 3, 64, 96)
+    full = tiny().eval()
+    with torch.no_grad():
+        all_outs = full(x)
+        for out_indices in [(0, ), (3, ), (2, 1), (0, 1, 2, 3), (-1, )]:
+            model = tiny(out_indices=out_indices).eval()
+            model.load_state_dict(full.state_dict())
+            outs = model(x)
+            assert len(outs) == len(out_indices)
+            for o, i in zip(outs, out_indices):
+                assert torch.equal(o, all_outs[i])
+
+
+def test_padding_matches_masked_local_attention():
+    """Local significance / output on a 10x9 grid equal a per-window computation on real tokens."""
+    torch.manual_seed(0)
+    attn = HybridScaleAttention(16, 2, 2).double().eval()
+    H, W = 10, 9
+    y = torch.randn(2, H * W, 16, dtype=torch.float64)
+    o2, s_local = attn._local(y, H, W)
+    q2 = attn.q2(y).view(2, H, W, 1, 8)
+    k2, v2 = attn.kv2(y).view(2, H, W, 2, 1, 8).unbind(3)
+    exp_s = torch.zeros(2, H, W, dtype=torch.float64)
+    exp_o = torch.zeros(2, H, W, 8, dtype=torch.float64)
+    for y0 in range(0, H, 7):
+        for x0 in range(0, W, 7):
+            sl = (slice(None), slice(y0, y0 + 7), slice(x0, x0 + 7))
+            q, k, v = (t[sl].flatten(1, 2)[:, :, 0] for t in (q2, k2, v2))
+            a = ((q @ k.transpose(1, 2)) * attn.scale).softmax(-1)  # real queries x real keys
+            hh, ww = q2[sl].shape[1:3]
+            exp_s[sl] = a.mean(1).view(2, hh, ww)
+            exp_o[sl] = (a @ v).view(2, hh, ww, 8)
+    assert torch.allclose(s_local, exp_s, atol=1e-14)
+    assert torch.allclose(o2.view(2, H, W, 8), exp_o, atol=1e-14)
+
+
+def test_chunked_coarse_branch_equals_full(monkeypatch):
+    """Large-input inference evaluates the coarse branch in query chunks: same outputs/map."""
+    from mmsgformer.models import attention as attn_mod
+    torch.manual_seed(0)
+    attn = HybridScaleAttention(32, 4, 4).double().eval()
+    y = torch.randn(2, 20 * 28, 32, dtype=torch.float64)
+    with torch.no_grad():
+        o_full, s_full = attn._coarse(y, 20, 28)
+        monkeypatch.setattr(attn_mod, '_GLOBAL_CHUNK_ELEMS', 64)
+        monkeypatch.setattr(attn_mod, '_CHUNK_ELEMS', 700)  # several chunks, a short last one
+        o_chunk, s_chunk = attn._coarse(y, 20, 28)
+    assert torch.allclose(o_full, o_chunk, atol=1e-14, rtol=0)
+    assert torch.allclose(s_full, s_chunk, atol=1e-15, rtol=0)
+    assert s_full.shape == (2, 20, 28)
+
+
+def test_rank_tokens_column_listing_is_an_order_over_row_major_tokens():
+    S = torch.tensor([[[3., 1., 2.], [0., 5., 4.]]])  # (1, 2, 3)
+    order_row, order_col = rank_tokens(S)
+    assert order_row.tolist() == [[3, 1, 2, 0, 5, 4]]
+    assert order_col.tolist() == [[3, 1, 2, 0, 5, 4]]  # distinct values: same ranking
+    idx = col_to_row_index(2, 3, torch.device('cpu'))
+    assert idx.tolist() == [0, 3, 1, 4, 2, 5]
+    # with ties the column listing orders tied tokens column-major (as the official gather)
+    S = torch.zeros(1, 2, 2)
+    _, order_col = rank_tokens(S)
+    tokens = torch.arange(4.).view(1, 4, 1)
+    col_listing = tokens.view(1, 2, 2, 1).transpose(1, 2).reshape(1, 4, 1)
+    pi = torch.sort(S.transpose(1, 2).reshape(1, 4), dim=1).indices
+    expect = torch.gather(col_listing, 1, pi.unsqueeze(-1))
+    assert torch.equal(torch.gather(tokens, 1, order_col.unsqueeze(-1)), expect)
+
+
+@pytest.mark.parametrize('dtype', [torch.float64, torch.float32])
+def test_sga_impls_agree(dtype):
+    from mmsgformer.ops import op_available
+    torch.manual_seed(0)
+    ref = tiny(sga_impl='reference').to(dtype).eval()
+    ref.init_weights()
+    ref = ref.to(dtype)
+    x = torch.randn(1, 3, 64, 72, dtype=dtype)
+    impls = ['auto'] + (['op'] if op_available() else [])
+    with torch.no_grad():
+        expected = ref(x)
+        for impl in impls:
+            model = tiny(sga_impl=impl).to(dtype).eval()
+            model.load_state_dict(ref.state_dict())
+            for a, b in zip(model(x), expected):
+                tol = 1e-12 if dtype == torch.float64 else 1e-4
+                assert (a - b).abs().max().item() < tol, impl
+
+
+def test_sga_uses_segment_layout_and_aggregation_params():
+    attn = SelfGuidedAttention(16, 2, 4, sga_impl='reference')
+    w, b = attn.aggregation_params()
+    assert w.shape == (49 + 14 + 7, ) and b.shape == (3, )
+    lay = segment_layout(28 * 28, 4)
+    assert lay.counts == (4, 28, 28)
+    y = torch.randn(1, 28 * 28, 16)
+    out, none = attn(y, 28, 28, torch.rand(1, 28, 28))
+    assert none is None and out.shape == y.shape
+    with pytest.raises(RuntimeError, match='significance'):
+        attn(y, 28, 28, None)
+
+
+# --------------------------------------------------------------------------- training features
+def test_drop_path_is_linear_over_blocks():
+    model = tiny(drop_path_rate=0.3)
+    probs = []
+    for i in range(4):
+        for blk in getattr(model, f'block{i + 1}'):
+            probs.append(getattr(blk.drop_path, 'drop_prob', 0.))
+    assert probs == pytest.approx(np.linspace(0, 0.3, sum(TINY['depths'])).tolist())
+
+
+def test_frozen_stages_survive_train_and_optimizer_step():
+    torch.manual_seed(0)
+    model = tiny(frozen_stages=2, drop_path_rate=0.1)
+    model.init_weights()
+    model.train()
+    frozen = ['pos_embed', 'patch_embed1.', 'block1.', 'norm1.', 'patch_embed2.', 'block2.',
+              'norm2.']
+    for name, p in model.named_parameters():
+        assert p.requires_grad == (not any(name.startswith(f) for f in frozen)), name
+    assert not model.block2.training and not model.patch_embed1.training
+    assert model.block3.training
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    loss = sum(o.square().mean() for o in model(torch.randn(2, 3, 64, 64)))
+    loss.backward()
+    opt.step()
+    after = model.state_dict()
+    for k in before:
+        changed = not torch.equal(before[k], after[k])
+        assert changed == (not any(k.startswith(f) for f in frozen)), k
+
+
+def test_frozen_stage_zero_freezes_stem_and_pos_embed_only():
+    model = tiny(frozen_stages=0)
+    model.train()
+    assert not model.pos_embed.requires_grad
+    assert not any(p.requires_grad for p in model.patch_embed1.parameters())
+    assert all(p.requires_grad for p in model.block1.parameters())
+
+
+def test_with_cp_same_outputs_and_grads():
+    torch.manual_seed(0)
+    ref = tiny(drop_path_rate=0.).double()
+    ref.init_weights()
+    cpm = tiny(with_cp=True).double()
+    cpm.load_state_dict(ref.state_dict())
+    x = torch.randn(1, 3, 64, 80, dtype=torch.float64)
+    results = []
+    for m in (ref, cpm):
+        xi = x.clone().requires_grad_(True)
+        outs = m(xi)
+        loss = sum((o * torch.linspace(-1, 1, o.numel(), dtype=o.dtype).view_as(o)).sum()
+                   for o in outs)
+        loss.backward()
+        results.append(([o.detach() for o in outs], xi.grad,
+                        {k: p.grad.clone() for k, p in m.named_parameters()}))
+    (o1, gx1, g1), (o2, gx2, g2) = results
+    for a, b in zip(o1, o2):
+        assert torch.allclose(a, b, atol=1e-12)
+    assert torch.allclose(gx1, gx2, atol=1e-12)
+    assert set(g1) == set(g2)
+    for k in g1:
+        assert torch.allclose(g1[k], g2[k], atol=1e-10), k
+    assert g1['block1.1.attn.f1.weight'].abs().sum() > 0  # gradients reach the aggregation
+
+
+def test_float64_gradients_equal_official_path():
+    """Backward through the in-place/fused paths equals autograd through the official path."""
+    arch = MICRO
+    sd = make_official_state_dict(arch['embed_dims'], arch['num_heads'], arch['depths'], seed=5)
+    sd = {k: v.clone().requires_grad_(True) for k, v in backbone_part(sd).items()}
+    model = SGFormer(arch=dict(arch), sga_impl='auto').double().train()
+    model.load_state_dict({k: v.detach() for k, v in sd.items()})
+    x = torch.randn(1, 3, 224, 224, dtype=torch.float64)
+    xa, xb = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    gen = torch.Generator().manual_seed(0)
+    weights = [torch.randn(1, c, s, s, dtype=torch.float64, generator=gen)
+               for c, s in zip(arch['embed_dims'], (56, 28, 14, 7))]
+    ref, _ = official_forward(sd, xa, arch['num_heads'], arch['depths'])
+    sum((r * w).sum() for r, w in zip(ref, weights)).backward()
+    outs = model(xb)
+    sum((o * w).sum() for o, w in zip(outs, weights)).backward()
+    assert (xa.grad - xb.grad).abs().max().item() < 1e-8
+    grads = dict(model.named_parameters())
+    for k, v in sd.items():
+        assert (grads[k].grad - v.grad).abs().max().item() < 1e-7 * (1 + v.grad.abs().max()), k
+
+
+def test_official_init():
+    torch.manual_seed(0)
+    model = SGFormer(arch=dict(TINY, embed_dims=[32, 32, 64, 64]), sga_impl='reference')
+    model.init_weights()
+    # sin-cos table (MAE recipe, numpy float64)
+    G, D = 56, 32
+    omega = 1. / 10000 ** (np.arange(D // 4, dtype=np.float64) / (D / 4.))
+    gw, gh = np.meshgrid(np.arange(G, dtype=np.float64), np.arange(G, dtype=np.float64))
+
+    def e1d(pos):
+        out = np.einsum('m,d->md', pos.reshape(-1), omega)
+        return np.concatenate([np.sin(out), np.cos(out)], axis=1)
+
+    table = np.concatenate([e1d(gw), e1d(gh)], axis=1).astype(np.float32)
+    assert np.abs(model.pos_embed.detach().numpy()[0] - table).max() < 1e-6
+    w = model.block3[0].attn.kv1.weight
+    assert w.std().item() == pytest.approx(0.02, rel=0.05)
+    assert w.abs().max().item() <= 2.
+    assert torch.all(model.block3[0].attn.kv1.bias == 0)
+    sr = model.block1[0].attn.sr.weight  # fan_out = 8*8*32
+    assert sr.std().item() == pytest.approx(math.sqrt(2 / 2048), rel=0.05)
+    dw = model.block3[0].mlp.dwconv.dwconv.weight  # depthwise: fan_out = 9
+    assert dw.std().item() == pytest.approx(math.sqrt(2 / 9), rel=0.05)
+    assert torch.all(model.patch_embed1.conv[0].bn.weight == 1)
+    assert torch.all(model.norm4.weight == 1) and torch.all(model.norm4.bias == 0)
+    # the mixed LayerNorm eps of the official code
+    assert model.patch_embed1.norm.eps == 1e-5 and model.block1[0].attn.norm.eps == 1e-5
+    assert model.block1[0].norm1.eps == 1e-6 and model.norm1.eps == 1e-6
+    assert isinstance(model.patch_embed1.conv[0].bn, nn.GroupNorm)
+
+
+def test_pos_embed_resized_by_load_state_dict_hook():
+    src = tiny()  # 56x56 table
+    dst = tiny(pretrain_img_size=(256, 320))  # 64x80 table
+    dst.load_state_dict(src.state_dict())
+    assert dst.pos_embed.shape == (1, 64 * 80, 16)
+    grid = src.pos_embed.detach().reshape(1, 56, 56, 16).permute(0, 3, 1, 2)
+    exp = torch.nn.functional.interpolate(grid, size=(64, 80), mode='bicubic',
+                                          align_corners=False).flatten(2).transpose(1, 2)
+    assert torch.allclose(dst.pos_embed.detach(), exp, atol=1e-6)
+
+
+def test_forward_interpolates_pos_embed_for_other_grids():
+    model = tiny().eval()
+    captured = {}
+    model.patch_embed1.register_forward_hook(lambda m, i, o: captured.update(tok=o[0]))
+    with torch.no_grad():
+        model(torch.randn(1, 3, 96, 128))
+    assert captured['tok'].shape == (1, 24 * 32, 16)
+    resized = model._stage_pos_embed(24, 32)
+    assert resized.shape == (1, 24 * 32, 16)
+    assert model._stage_pos_embed(56, 56) is model.pos_embed
+
+
+# --------------------------------------------------------------------------- bad input
+@pytest.mark.parametrize('kwargs,match', [
+    (dict(arch='xl'), r"arch='xl'"),
+    (dict(arch=dict(embed_dims=[16, 32, 64, 64], num_heads=[2, 2, 4, 4])), 'missing'),
+    (dict(arch=dict(TINY, mlp=4)), 'unexpected'),
+    (dict(arch=dict(TINY, depths=[2, 3, 2, 1])), r'depths\[1\]=3 must be even'),
+    (dict(arch=dict(TINY, num_heads=[2, 2, 3, 4])), r'num_heads\[2\]=3 must be even'),
+    (dict(arch=dict(TINY, embed_dims=[16, 30, 64, 64], num_heads=[2, 4, 4, 4])),
+     r'embed_dims\[1\]=30 must be divisible'),
+    (dict(arch=dict(TINY, depths=[2, 2, 2])), r'4 positive ints'),
+    (dict(sga_impl='cuda'), r"sga_impl='cuda'"),
+    (dict(out_indices=(0, 4)), 'out_indices'),
+    (dict(out_indices=(1, 1)), 'repeats'),
+    (dict(out_indices=()), 'out_indices'),
+    (dict(frozen_stages=5), 'frozen_stages=5'),
+    (dict(frozen_stages=-2), 'frozen_stages=-2'),
+    (dict(sr_ratios=(8, 4, 3, 1)), 'sr_ratio=3'),
+    (dict(sr_ratios=(8, 4, 2, 2)), r'sr_ratios\[3\]=2'),
+    (dict(pretrain_img_size=16), 'pretrain_img_size=16'),
+    (dict(drop_path_rate=1.5), 'drop_path_rate'),
+])
+def test_bad_arguments(kwargs, match):
+    kwargs.setdefault('arch', dict(TINY))
+    with pytest.raises(ValueError, match=match):
+        SGFormer(**kwargs)
+
+
+@pytest.mark.parametrize('x,match', [
+    (torch.randn(3, 64, 64), 'must be 4-D'),
+    (torch.randn(1, 1, 64, 64), 'must have 3 channels'),
+    (torch.randn(1, 3, 31, 64), '>= 32'),
+    (torch.randn(1, 3, 64, 16), '>= 32'),
+])
+def test_bad_input(x, match):
+    with pytest.raises(ValueError, match=match):
+        tiny()(x)
