@@ -1,0 +1,7 @@
+# SG-Former-B, ImageNet-1k, 224x224, 300 epochs, 8 GPUs x 128 images (official recipe,
+# see _base_/cls/sgformer_in1k_224.py). Drop path 0.4.
+_base_ = ['./_base_/cls/sgformer_in1k_224.py']
+
+model = dict(
+    backbone=dict(arch='b', drop_path_rate=0.4),
+    head=dict(in_channels=768))
