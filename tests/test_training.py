@@ -1,7 +1,8 @@
 """Smoke runs of the real training entry points on the synthetic datasets.
 
 * ``mim train mmdet`` (Mask R-CNN + SG-Former demo config) for 4 iterations with COCO evaluation,
-  then ``--resume``: the second run continues at iteration 5 from the saved checkpoint.
+  then ``--resume``: the second run continues at iteration 5 from the saved checkpoint; then
+  ``mim test mmdet --checkpoint`` evaluates the resumed checkpoint.
 * ``mim train mmsegmentation`` (UperNet + SG-Former demo config) for 2 iterations with mIoU, and
   ``tools/test.py`` on the saved checkpoint reproduces the same mIoU.
 * ``torchrun --nproc_per_node 2 tools/train.py ... --launcher pytorch`` on CPU (gloo): both ranks
@@ -99,6 +100,12 @@ def test_mim_train_mmdet_and_resume(data, tmp_path):
     # the optimizer state continued: AdamW's step counter went 4 -> 6
     step = lambda c: int(next(iter(c['optimizer']['state'].values()))['step'])  # noqa: E731
     assert (step(resumed), step(ckpt)) == (4, 6)
+
+    # mim test (mmdet's own test.py) loads the runner checkpoint weights-only and evaluates it.
+    out = run(['mim', 'test', 'mmdet', DET_CFG, '--checkpoint', osp.join(work, 'iter_6.pth'),
+               '--work-dir', str(tmp_path / 'det_test'), '--cfg-options',
+               *det_options(data, 6)])
+    assert re.search(r'coco/bbox_mAP: -?\d', out), out[-3000:]
 
 
 def test_mim_train_mmseg_and_tools_test(data, tmp_path):
