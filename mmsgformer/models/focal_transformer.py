@@ -10,13 +10,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint as cp
-from mmengine.logging import print_log
 from mmengine.model import BaseModule
 from mmengine.model.weight_init import trunc_normal_
 from mmengine.registry import MODELS
 
 from .focal_attention import (BORDER_MODES, OFFICIAL_INDEX_BUFFERS, POOL_METHODS,
                               FocalAttention, FocalGeometry, focal_geometry)
+from .pretrained import PretrainedInitMixin
 
 _ARCH_KEYS = ('embed_dims', 'depths', 'num_heads')
 
@@ -196,7 +196,7 @@ class FocalStage(nn.Module):
 
 
 @MODELS.register_module()
-class FocalTransformer(BaseModule):
+class FocalTransformer(PretrainedInitMixin, BaseModule):
     """Focal Transformer v1 backbone: "Focal Self-attention for Local-Global Interactions in
     Vision Transformers" (Yang et al., 2021), official code microsoft/Focal-Transformer.
 
@@ -439,75 +439,13 @@ class FocalTransformer(BaseModule):
             elif isinstance(m, FocalAttention):
                 m.init_tables()
 
-    def init_weights(self) -> None:
-        """Official init, then the ``Pretrained`` checkpoint of ``init_cfg`` if any."""
-        self._official_init()
-        cfgs = self.init_cfg
-        if cfgs is None:
-            cfgs = []
-        elif isinstance(cfgs, dict):
-            cfgs = [cfgs]
-        pretrained = [c for c in cfgs if c.get('type') == 'Pretrained']
-        others = [c for c in cfgs if c.get('type') != 'Pretrained']
-        if len(pretrained) > 1:
-            raise ValueError(f'init_cfg has {len(pretrained)} Pretrained entries; give one')
-        if others:
-            from mmengine.model.weight_init import initialize
-            initialize(self, others)
-        if pretrained:
-            cfg = pretrained[0]
-            if 'checkpoint' not in cfg:
-                raise ValueError(f"init_cfg={cfg!r} of type 'Pretrained' needs 'checkpoint'")
-            self.load_pretrained(cfg['checkpoint'], prefix=cfg.get('prefix'),
-                                 map_location=cfg.get('map_location', 'cpu'))
-        self._is_init = True
-
-    def load_pretrained(self, checkpoint: str, prefix: Optional[str] = None,
-                        map_location: str = 'cpu', weights_only: bool = True
-                        ) -> Dict[str, List[str]]:
-        """Load an official (or converted / runner) checkpoint into the backbone.
-
-        Reads with :func:`mmsgformer.checkpoint.read_state_dict` (``state_dict_ema`` >
-        ``state_dict`` > ``model`` > bare; ``module.``/``backbone.`` stripped; ``head.*`` set
-        aside), drops the official index buffers (recomputed here) and loads non-strictly.
-        Logs the counts and names of loaded, missing and unexpected tensors.
-
-        Raises:
-            ValueError: no checkpoint key matches, or a matching tensor has another shape.
-
-        Returns:
-            ``{'loaded': [...], 'missing': [...], 'unexpected': [...], 'recomputed': [...]}``.
-        """
-        from mmsgformer.checkpoint import read_state_dict
-        ckpt = read_state_dict(checkpoint, map_location=map_location, prefix=prefix,
-                               weights_only=weights_only)
-        state, recomputed = {}, []
-        for k, v in ckpt.backbone.items():
-            if k.rsplit('.', 1)[-1] in OFFICIAL_INDEX_BUFFERS:
-                recomputed.append(k)
-            else:
-                state[k] = v
-        own = self.state_dict()
-        matched = [k for k in state if k in own]
-        if not matched:
-            raise ValueError(f'checkpoint {checkpoint!r} ({ckpt.source}) matches none of the '
-                             f'{len(own)} FocalTransformer keys (first checkpoint keys: '
-                             f'{list(state)[:5]})')
-        for k in matched:
-            if state[k].shape != own[k].shape:
-                raise ValueError(f'checkpoint {checkpoint!r}: {k} has shape '
-                                 f'{tuple(state[k].shape)} but the model expects '
-                                 f'{tuple(own[k].shape)}')
-        result = self.load_state_dict(state, strict=False)
-        report = {'loaded': matched, 'missing': list(result.missing_keys),
-                  'unexpected': list(result.unexpected_keys), 'recomputed': recomputed}
-        print_log(f'FocalTransformer: loaded {len(matched)}/{len(own)} tensors from '
-                  f"{checkpoint} ({ckpt.source}); missing {len(report['missing'])}: "
-                  f"{report['missing']}; unexpected {len(report['unexpected'])}: "
-                  f"{report['unexpected']}; dropped {len(recomputed)} recomputed index "
-                  f'buffers; set aside {len(ckpt.head)} head tensors and '
-                  f'{len(ckpt.dropped)} others', logger='current')
-        return report
+    def _adapt_checkpoint(self, state: Dict[str, torch.Tensor], own: Dict[str, torch.Tensor],
+                          checkpoint: str) -> Tuple[Dict[str, torch.Tensor], Dict[str, List[str]]]:
+        """Drop the official index buffers (recomputed here); reported as ``recomputed``."""
+        recomputed = [k for k in state if k.rsplit('.', 1)[-1] in OFFICIAL_INDEX_BUFFERS]
+        for k in recomputed:
+            del state[k]
+        return state, {'recomputed': recomputed}
 
     # ------------------------------------------------------------------ freezing
     def _out_norm(self, i: int) -> nn.Module:

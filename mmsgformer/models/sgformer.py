@@ -13,6 +13,7 @@ from mmengine.registry import MODELS
 from mmsgformer.ops import IMPLS, group_sizes_for
 from .attention import HybridScaleAttention, SelfGuidedAttention, StandardAttention
 from .blocks import Block, Head, PatchMerging, tokens_to_map
+from .pretrained import PretrainedInitMixin
 from .significance import SignificanceRecord
 
 _ARCH_KEYS = ('embed_dims', 'num_heads', 'depths')
@@ -71,7 +72,7 @@ def _as_pair(value: Union[int, Sequence[int]], name: str) -> Tuple[int, int]:
 
 
 @MODELS.register_module()
-class SGFormer(BaseModule):
+class SGFormer(PretrainedInitMixin, BaseModule):
     """SG-Former backbone: "SG-Former: Self-guided Transformer with Evolving Token Reallocation".
 
     Four stages (strides 4/8/16/32). Stages 1-3 alternate hybrid-scale attention (even block
@@ -336,73 +337,15 @@ class SGFormer(BaseModule):
                     nn.init.zeros_(m.bias)
         self.pos_embed.copy_(sincos_pos_embed(self.embed_dims[0], *self.pos_grid))
 
-    def init_weights(self) -> None:
-        """Official init, then the ``Pretrained`` checkpoint of ``init_cfg`` if any."""
-        self._official_init()
-        cfgs = self.init_cfg
-        if cfgs is None:
-            cfgs = []
-        elif isinstance(cfgs, dict):
-            cfgs = [cfgs]
-        pretrained = [c for c in cfgs if c.get('type') == 'Pretrained']
-        others = [c for c in cfgs if c.get('type') != 'Pretrained']
-        if len(pretrained) > 1:
-            raise ValueError(f'init_cfg has {len(pretrained)} Pretrained entries; give one')
-        if others:
-            from mmengine.model.weight_init import initialize
-            initialize(self, others)
-        if pretrained:
-            cfg = pretrained[0]
-            if 'checkpoint' not in cfg:
-                raise ValueError(f"init_cfg={cfg!r} of type 'Pretrained' needs 'checkpoint'")
-            self.load_pretrained(cfg['checkpoint'], prefix=cfg.get('prefix'),
-                                 map_location=cfg.get('map_location', 'cpu'))
-        self._is_init = True
-
-    def load_pretrained(self, checkpoint: str, prefix: Optional[str] = None,
-                        map_location: str = 'cpu', weights_only: bool = True) -> Dict[str, list]:
-        """Load an official (or converted / runner) checkpoint into the backbone.
-
-        Uses :func:`mmsgformer.checkpoint.read_state_dict` (``state_dict_ema`` > ``state_dict``
-        > ``model`` > bare dict; ``module.``/``backbone.`` stripped; ``head.*`` set aside).
-        ``pos_embed`` is resized when its grid differs. Logs what was loaded, missing and
-        unexpected.
-
-        Raises:
-            ValueError: no key of the checkpoint matches the backbone, or a tensor other than
-                ``pos_embed`` has a different shape.
-
-        Returns:
-            ``{'loaded': [...], 'missing': [...], 'unexpected': [...]}``.
-        """
-        from mmsgformer.checkpoint import read_state_dict
-        ckpt = read_state_dict(checkpoint, map_location=map_location, prefix=prefix,
-                               weights_only=weights_only)
-        state = ckpt.backbone
-        own = self.state_dict()
-        matched = [k for k in state if k in own]
-        if not matched:
-            raise ValueError(f'checkpoint {checkpoint!r} ({ckpt.source}) matches none of the '
-                             f'{len(own)} SGFormer keys (first checkpoint keys: '
-                             f'{list(state)[:5]})')
-        for k in matched:
-            if k != 'pos_embed' and state[k].shape != own[k].shape:
-                raise ValueError(f'checkpoint {checkpoint!r}: {k} has shape '
-                                 f'{tuple(state[k].shape)} but the model expects '
-                                 f'{tuple(own[k].shape)}')
+    def _adapt_checkpoint(self, state: Dict[str, torch.Tensor], own: Dict[str, torch.Tensor],
+                          checkpoint: str) -> Tuple[Dict[str, torch.Tensor], Dict[str, list]]:
+        """Resize a checkpoint ``pos_embed`` of another grid (bicubic); its channels must fit."""
         if 'pos_embed' in state and state['pos_embed'].shape[-1] != own['pos_embed'].shape[-1]:
             raise ValueError(f"checkpoint {checkpoint!r}: pos_embed has shape "
                              f"{tuple(state['pos_embed'].shape)} but the model expects "
                              f"{tuple(own['pos_embed'].shape)} (channel count differs)")
-        result = self.load_state_dict(state, strict=False)
-        report = {'loaded': matched, 'missing': list(result.missing_keys),
-                  'unexpected': list(result.unexpected_keys)}
-        print_log(f'SGFormer: loaded {len(matched)}/{len(own)} tensors from {checkpoint} '
-                  f"({ckpt.source}); missing {len(report['missing'])}: "
-                  f"{report['missing']}; unexpected {len(report['unexpected'])}: "
-                  f"{report['unexpected']}; set aside {len(ckpt.head)} head tensors "
-                  f'and dropped {len(ckpt.dropped)} others', logger='current')
-        return report
+        self._pos_embed_load_hook(state, '')
+        return state, {}
 
     # ------------------------------------------------------------------ freezing
     def _stage_modules(self, i: int) -> List[nn.Module]:
