@@ -39,23 +39,26 @@ def _backbone_class(model: str):
     return cls
 
 
-def _shapes(cls, arch) -> Dict[str, Tuple[int, ...]]:
+def _shapes(cls, arch, out_indices: Tuple[int, ...]) -> Dict[str, Tuple[int, ...]]:
     try:
         with torch.device('meta'):
-            model = cls(arch=arch)
+            model = cls(arch=arch, out_indices=out_indices)
     except Exception:  # some constructors compute buffers eagerly; build it for real then
-        model = cls(arch=arch)
+        model = cls(arch=arch, out_indices=out_indices)
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
 def compare_keys(expected: Dict[str, Tuple[int, ...]], state: Dict[str, torch.Tensor],
-                 resizable: Tuple[str, ...] = ('pos_embed', )) -> Dict[str, List[str]]:
+                 resizable: Tuple[str, ...] = ('pos_embed', ),
+                 recomputed: Tuple[str, ...] = ()) -> Dict[str, List[str]]:
     """Missing, unexpected and shape-mismatched keys of ``state`` against ``expected`` shapes.
 
-    Keys in ``resizable`` may differ in shape (the backbone resizes them on load).
+    Keys in ``resizable`` may differ in shape (the backbone resizes them on load); checkpoint
+    keys ending in a ``recomputed`` name are buffers the backbone rebuilds (not unexpected).
     """
     missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
+    unexpected = [k for k in state
+                  if k not in expected and k.rsplit('.', 1)[-1] not in recomputed]
     mismatched = [
         f'{k}: checkpoint {tuple(state[k].shape)} vs model {expected[k]}' for k in state
         if k in expected and tuple(state[k].shape) != expected[k]
@@ -64,17 +67,25 @@ def compare_keys(expected: Dict[str, Tuple[int, ...]], state: Dict[str, torch.Te
     return {'missing': missing, 'unexpected': unexpected, 'mismatched': mismatched}
 
 
-def validate(model: str, state: Dict[str, torch.Tensor],
-             arch: Optional[str] = None) -> Tuple[str, Dict[str, List[str]]]:
+def validate(model: str, state: Dict[str, torch.Tensor], arch: Optional[str] = None,
+             out_indices: Tuple[int, ...] = (0, 1, 2, 3)) -> Tuple[str, Dict[str, List[str]]]:
     """Build ``model`` with ``arch`` (or each zoo arch) and compare its keys with ``state``.
+
+    ``out_indices`` is how the converted file will be used: ``(3,)`` for a classifier (no
+    output norms of earlier stages), all four for detection/segmentation backbones.
 
     Returns:
         ``(arch description, report)`` for the given arch or the best-matching zoo arch.
     """
     cls = _backbone_class(model)
+    recomputed = tuple(getattr(cls, 'recomputed_buffers', ()))
+
+    def compare(spec):
+        return compare_keys(_shapes(cls, spec, out_indices), state, recomputed=recomputed)
+
     if arch is not None:
         spec = json.loads(arch) if arch.lstrip().startswith('{') else arch
-        return str(arch), compare_keys(_shapes(cls, spec), state)
+        return str(arch), compare(spec)
     best = None
     seen = set()
     for name, spec in getattr(cls, 'arch_zoo', {}).items():
@@ -82,7 +93,7 @@ def validate(model: str, state: Dict[str, torch.Tensor],
         if key in seen:
             continue
         seen.add(key)
-        report = compare_keys(_shapes(cls, name), state)
+        report = compare(name)
         score = sum(len(v) for v in report.values())
         if best is None or score < best[0]:
             best = (score, name, report)
@@ -106,7 +117,8 @@ def convert(src: str, dst: str, fmt: str = 'classifier', model: Optional[str] = 
         'dropped': ckpt.dropped
     }
     if model is not None:
-        used_arch, report = validate(model, backbone, arch)
+        used_arch, report = validate(model, backbone, arch,
+                                     out_indices=(3, ) if fmt == 'classifier' else (0, 1, 2, 3))
         summary['arch'] = used_arch
         summary['validation'] = report
     if fmt == 'backbone':
