@@ -12,13 +12,14 @@ Files are read with ``torch.load(weights_only=True)`` by default; ``argparse.Nam
 allow-listed for that load (it holds only plain values). Nothing falls back to unsafe
 unpickling silently: pass ``weights_only=False`` explicitly for a trusted file that needs it.
 """
-import argparse
 import os
 import pickle
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import torch
+
+from mmsgformer.safe_globals import register_safe_globals
 
 STATE_DICT_KEYS = ('state_dict_ema', 'state_dict', 'model')
 
@@ -56,9 +57,12 @@ def load_file(path: str, map_location: Any = 'cpu', weights_only: bool = True) -
         raise FileNotFoundError(f'checkpoint file {path!r} does not exist')
     if not weights_only:
         return torch.load(path, map_location=map_location, weights_only=False)
+    # The package-wide allow-list (argparse.Namespace, HistoryBuffer, numpy) is what makes
+    # official and runner checkpoints load. Not torch's ``safe_globals`` context manager: on
+    # exit it removes its classes even when they had been allow-listed before.
+    register_safe_globals()
     try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            return torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
         raise ValueError(
             f'checkpoint {path!r} cannot be loaded with weights_only=True: it pickles objects '

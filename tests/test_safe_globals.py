@@ -48,3 +48,14 @@ def test_arbitrary_classes_are_still_rejected(tmp_path):
         assert 'Fraction' in str(err)
     else:
         raise AssertionError('weights-only loading accepted fractions.Fraction')
+
+
+def test_reading_a_checkpoint_keeps_the_allow_list(tmp_path):
+    # Regression: a ``torch.serialization.safe_globals`` context manager removes its classes on
+    # exit, even ones allow-listed before; reading a checkpoint must not shrink the list.
+    from mmsgformer.checkpoint import load_file
+    path = tmp_path / 'official.pth'
+    torch.save({'args': argparse.Namespace(lr=1.0), 'state_dict': {'w': torch.ones(1)}}, path)
+    load_file(str(path))
+    assert argparse.Namespace in torch.serialization.get_safe_globals()
+    assert torch.load(path, weights_only=True)['args'].lr == 1.0
