@@ -6,7 +6,7 @@ The output is ``proj(attention_output + lepe)`` with ``lepe = lepe_conv(lepe_lin
 (spec §3). Parameter names and registration order follow the official code (spec §15).
 """
 from functools import lru_cache
-from typing import Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -35,6 +35,37 @@ def _check_heads(dim: int, num_heads: int, groups: int = 1) -> int:
     return dim // num_heads
 
 
+# GEMMs narrower than this are left unfused: MKL runs them with other kernels whose float32
+# rounding differs from the wide GEMM (it would change the first, bitwise-official map of tiny
+# archs); from this width on the fused GEMM gives each column bitwise the same value.
+_MIN_FUSED_WIDTH = 16
+
+
+def _fused_projections(module: nn.Module, y: torch.Tensor,
+                       names: Sequence[str]) -> Optional[List[torch.Tensor]]:
+    """The ``nn.Linear`` children ``names`` of ``module`` applied to the same ``y (B, N, C)`` as
+    one GEMM; returns their outputs (column views of one buffer), or ``None`` when the layers
+    should run separately (autograd enabled, a layer without bias, or a narrow layer).
+
+    The concatenated weight and bias are cached on ``module`` (not registered, so the state
+    dict is unchanged) and rebuilt when a parameter is replaced or modified in place.
+    """
+    if torch.is_grad_enabled():
+        return None
+    layers = [getattr(module, n) for n in names]
+    if any(m.bias is None or m.out_features < _MIN_FUSED_WIDTH for m in layers):
+        return None
+    params = [p for m in layers for p in (m.weight, m.bias)]
+    key = (tuple(names), ) + tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params)
+    cache = module.__dict__.setdefault('_fused_cache', {})
+    entry = cache.get(names)
+    if entry is None or entry[0] != key:
+        entry = (key, torch.cat([m.weight for m in layers]), torch.cat([m.bias for m in layers]))
+        cache[names] = entry
+    out = F.linear(y, entry[1], entry[2])
+    return list(out.split([m.out_features for m in layers], dim=-1))
+
+
 class _LePEProj(nn.Module):
     """Shared tail: ``proj(o + lepe_conv(lepe_linear(y)))``. Subclasses call ``_build_tail``
     last in ``__init__`` so the parameter order matches the official one."""
@@ -44,12 +75,17 @@ class _LePEProj(nn.Module):
         self.lepe_conv = nn.Conv2d(dim, dim, 3, 1, 1, groups=dim)
         self.proj = nn.Linear(dim, dim)
 
-    def _lepe(self, y: torch.Tensor, H: int, W: int) -> torch.Tensor:
-        """``(B, N, C)``: ``lepe_conv(lepe_linear(y))`` (a fresh tensor)."""
-        return map_to_tokens(self.lepe_conv(tokens_to_map(self.lepe_linear(y), H, W)))
+    def _lepe(self, y: torch.Tensor, H: int, W: int,
+              lin: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``(B, N, C)``: ``lepe_conv(lin)`` with ``lin = lepe_linear(y)`` unless given (a fresh
+        tensor)."""
+        if lin is None:
+            lin = self.lepe_linear(y)
+        return map_to_tokens(self.lepe_conv(tokens_to_map(lin, H, W)))
 
-    def _tail(self, o: torch.Tensor, y: torch.Tensor, H: int, W: int) -> torch.Tensor:
-        return self.proj(self._lepe(y, H, W).add_(o))
+    def _tail(self, o: torch.Tensor, y: torch.Tensor, H: int, W: int,
+              lin: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return self.proj(self._lepe(y, H, W, lin).add_(o))
 
 
 def _window_partition(x: torch.Tensor, H: int, W: int, window: int) -> torch.Tensor:
@@ -113,10 +149,13 @@ class HybridScaleAttention(_LePEProj):
         self.kv2 = nn.Linear(dim, dim, bias=qkv_bias)
         self._build_tail(dim)
 
-    def _coarse(self, y: torch.Tensor, H: int, W: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    def _coarse(self, y: torch.Tensor, H: int, W: int, q1: Optional[torch.Tensor] = None
+                ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Coarse heads: ``(o1 (B, N, C/2), global significance (B, H, W))``; ``q1`` is
+        ``self.q1(y)`` when precomputed."""
         B, N, C = y.shape
         g, d = self.num_heads // 2, self.head_dim
-        q1 = self.q1(y).reshape(B, N, g, d).transpose(1, 2)
+        q1 = (self.q1(y) if q1 is None else q1).reshape(B, N, g, d).transpose(1, 2)
         x = self.sr(tokens_to_map(y, H, W))
         Hr, Wr = x.shape[-2:]
         x = self.act(self.norm(map_to_tokens(x)))
@@ -144,11 +183,22 @@ class HybridScaleAttention(_LePEProj):
         sig = F.interpolate(s, size=(H, W), mode='nearest')[:, 0]
         return o1.reshape(B, N, C // 2), sig
 
-    def _local(self, y: torch.Tensor, H: int, W: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    def _local(self, y: torch.Tensor, H: int, W: int, q2: Optional[torch.Tensor] = None,
+               kv2: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Window heads: ``(o2 (B, N, C/2), local significance (B, H, W))``; ``q2, kv2`` are
+        ``self.q2(y), self.kv2(y)`` when precomputed."""
         B, N, C = y.shape
         g, d, w = self.num_heads // 2, self.head_dim, WINDOW_SIZE
-        q2 = _window_partition(self.q2(y), H, W, w)
-        kv2 = _window_partition(self.kv2(y), H, W, w)
+        if q2 is None or kv2 is None:
+            q2, kv2 = self.q2(y), self.kv2(y)
+        if kv2.data_ptr() == q2.data_ptr() + q2.shape[-1] * q2.element_size() and \
+                q2.stride() == kv2.stride():
+            # adjacent column blocks of one fused GEMM output (separate outputs have different
+            # strides): partition both with a single copy
+            qkv2 = q2.as_strided((B, N, q2.shape[-1] + kv2.shape[-1]), q2.stride())
+            q2, kv2 = _window_partition(qkv2, H, W, w).split([q2.shape[-1], kv2.shape[-1]], -1)
+        else:
+            q2, kv2 = _window_partition(q2, H, W, w), _window_partition(kv2, H, W, w)
         nwin, L = q2.shape[:2]
         q2 = q2.view(nwin, L, g, d).transpose(1, 2)
         kv2 = kv2.view(nwin, L, 2, g, d).permute(2, 0, 3, 1, 4)
@@ -173,10 +223,15 @@ class HybridScaleAttention(_LePEProj):
                 significance: Optional[torch.Tensor] = None
                 ) -> Tuple[torch.Tensor, torch.Tensor]:
         """``y (B, H*W, C)`` -> ``(out (B, H*W, C), significance (B, H, W))``."""
-        o1, s_global = self._coarse(y, H, W)
-        o2, s_local = self._local(y, H, W)
+        names = ('q1', 'lepe_linear', 'q2', 'kv2')
+        outs = _fused_projections(self, y, names)
+        if outs is None:
+            outs = [getattr(self, n)(y) for n in names]
+        q1, lin, q2, kv2 = outs
+        o1, s_global = self._coarse(y, H, W, q1)
+        o2, s_local = self._local(y, H, W, q2, kv2)
         # proj(cat([o1, o2]) + lepe), adding the halves into lepe in place (no concat buffer)
-        lepe = self._lepe(y, H, W)
+        lepe = self._lepe(y, H, W, lin)
         half = self.dim // 2
         lepe[..., :half] += o1
         lepe[..., half:] += o2
@@ -227,7 +282,8 @@ class SelfGuidedAttention(_LePEProj):
                                'preceding hybrid-scale block')
         B, N, C = y.shape
         h, g, d = self.num_heads, self.num_heads // 2, self.head_dim
-        q = self.q(y).reshape(B, N, h, d).transpose(1, 2)
+        q, lin = _fused_projections(self, y, ('q', 'lepe_linear')) or (self.q(y), None)
+        q = q.reshape(B, N, h, d).transpose(1, 2)
         order_row, order_col = rank_tokens(significance)
         layout = segment_layout(N, self.sr_ratio)
         weight, bias = self.aggregation_params()
@@ -240,7 +296,7 @@ class SelfGuidedAttention(_LePEProj):
         v = torch.cat([kv1[1], kv2[1]], dim=1)
         o = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
         o = o.transpose(1, 2).reshape(B, N, C)
-        return self._tail(o, y, H, W), None
+        return self._tail(o, y, H, W, lin), None
 
 
 class StandardAttention(_LePEProj):
@@ -262,11 +318,13 @@ class StandardAttention(_LePEProj):
                 significance: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, None]:
         B, N, C = y.shape
         h, d = self.num_heads, self.head_dim
-        q = self.q(y).reshape(B, N, h, d).transpose(1, 2)
-        kv = self.kv(y).reshape(B, N, 2, h, d).permute(2, 0, 3, 1, 4)
+        q, kv, lin = (_fused_projections(self, y, ('q', 'kv', 'lepe_linear'))
+                      or (self.q(y), self.kv(y), None))
+        q = q.reshape(B, N, h, d).transpose(1, 2)
+        kv = kv.reshape(B, N, 2, h, d).permute(2, 0, 3, 1, 4)
         o = F.scaled_dot_product_attention(q, kv[0], kv[1], scale=self.scale)
         o = o.transpose(1, 2).reshape(B, N, C)
-        return self._tail(o, y, H, W), None
+        return self._tail(o, y, H, W, lin), None
 
 
 __all__ = ['HybridScaleAttention', 'SelfGuidedAttention', 'StandardAttention', 'WINDOW_SIZE']

@@ -3,10 +3,26 @@
 Module and parameter names follow the official code (spec §2, §4, §15) so official checkpoints
 load with ``strict=True``.
 """
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn as nn
+
+
+# Inference on a batch runs the stem and the large FFNs (stage 1 at 224) a few images at a time:
+# the per-chunk intermediates stay in cache and the allocator reuses them instead of faulting in
+# fresh pages for every (B, ...) temporary. Convs, GroupNorm and GEMM rows are independent per
+# image; with the installed oneDNN/MKL the chunked results are bitwise those of the batched call.
+_IMAGES_PER_CHUNK = 4  # 1 or 2 save little more CPU time but add many small ops
+_MLP_SPLIT_ELEMS = 1 << 19  # hidden activations per image from which the FFN is split
+
+
+def _image_chunks(x: torch.Tensor) -> Optional[List[torch.Tensor]]:
+    """``x (B, ...)`` as chunks of ``_IMAGES_PER_CHUNK`` images when autograd is disabled and
+    ``B`` exceeds the chunk size; ``None`` otherwise (run the batch as a whole)."""
+    if x.shape[0] <= _IMAGES_PER_CHUNK or torch.is_grad_enabled():
+        return None
+    return list(x.split(_IMAGES_PER_CHUNK))
 
 
 class DropPath(nn.Module):
@@ -75,10 +91,21 @@ class Head(nn.Module):
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, int, int]:
         # Dense convs in the official (contiguous NCHW) layout: channels-last picks other conv
         # algorithms whose float32 rounding flips near-ties of the later significance sort.
-        x = self.conv(x.contiguous())
+        x = x.contiguous()
+        chunks = _image_chunks(x)
+        if chunks is not None:
+            x = torch.cat([self._convs_inference(c) for c in chunks])
+        else:
+            x = self.conv(x)
         _, _, H, W = x.shape
         x = self.norm(x.flatten(2).transpose(1, 2))
         return x, H, W
+
+    def _convs_inference(self, x: torch.Tensor) -> torch.Tensor:
+        """``self.conv(x)`` without autograd, GELUs in place (the same values, fewer buffers)."""
+        for m in self.conv:
+            x = torch.ops.aten.gelu_(x) if isinstance(m, nn.GELU) else m(x)
+        return x
 
 
 class PatchMerging(nn.Module):
@@ -128,6 +155,14 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden_dim, dim)
 
     def forward(self, x: torch.Tensor, H: int, W: int) -> torch.Tensor:
+        chunks = None
+        if x.shape[1] * self.fc1.out_features >= _MLP_SPLIT_ELEMS:
+            chunks = _image_chunks(x)
+        if chunks is not None:
+            return torch.cat([self._forward(c, H, W) for c in chunks])
+        return self._forward(x, H, W)
+
+    def _forward(self, x: torch.Tensor, H: int, W: int) -> torch.Tensor:
         z = self.fc1(x)
         # in place on the conv output (autograd-safe: conv does not need its output)
         z = self.dwconv(z, H, W).add_(z)
