@@ -161,8 +161,9 @@ def run_worker(spec: dict) -> dict:
     model.eval()  # not chained: mmdet's SwinTransformer.train() returns None
     x = torch.randn(spec['batch'], 3, *hw)
     gc.collect()
-    base_kib = _status_kib('VmRSS') or 0
+    # Reset the high-water mark first, then read the baseline: VmHWM >= the RSS read after it.
     reset_ok = _reset_peak()
+    base_kib = _status_kib('VmRSS') or 0
     times, utils = [], []
     with torch.no_grad():
         for _ in range(spec['warmup']):

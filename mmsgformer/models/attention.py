@@ -41,11 +41,12 @@ def _check_heads(dim: int, num_heads: int, groups: int = 1) -> int:
 _MIN_FUSED_WIDTH = 16
 
 
-def _fused_projections(module: nn.Module, y: torch.Tensor,
-                       names: Sequence[str]) -> Optional[List[torch.Tensor]]:
+def _fused_projections(module: nn.Module, y: torch.Tensor, names: Sequence[str],
+                       merge_last: int = 1) -> Optional[List[torch.Tensor]]:
     """The ``nn.Linear`` children ``names`` of ``module`` applied to the same ``y (B, N, C)`` as
     one GEMM; returns their outputs (column views of one buffer), or ``None`` when the layers
-    should run separately (autograd enabled, a layer without bias, or a narrow layer).
+    should run separately (autograd enabled, a layer without bias, or a narrow layer). The last
+    ``merge_last`` outputs come back as one view of their adjacent columns.
 
     The concatenated weight and bias are cached on ``module`` (not registered, so the state
     dict is unchanged) and rebuilt when a parameter is replaced or modified in place.
@@ -63,7 +64,10 @@ def _fused_projections(module: nn.Module, y: torch.Tensor,
         entry = (key, torch.cat([m.weight for m in layers]), torch.cat([m.bias for m in layers]))
         cache[names] = entry
     out = F.linear(y, entry[1], entry[2])
-    return list(out.split([m.out_features for m in layers], dim=-1))
+    widths = [m.out_features for m in layers]
+    if merge_last > 1:
+        widths = widths[:-merge_last] + [sum(widths[-merge_last:])]
+    return list(out.split(widths, dim=-1))
 
 
 class _LePEProj(nn.Module):
@@ -184,20 +188,18 @@ class HybridScaleAttention(_LePEProj):
         return o1.reshape(B, N, C // 2), sig
 
     def _local(self, y: torch.Tensor, H: int, W: int, q2: Optional[torch.Tensor] = None,
-               kv2: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+               kv2: Optional[torch.Tensor] = None, q2kv2: Optional[torch.Tensor] = None
+               ) -> Tuple[torch.Tensor, torch.Tensor]:
         """Window heads: ``(o2 (B, N, C/2), local significance (B, H, W))``; ``q2, kv2`` are
-        ``self.q2(y), self.kv2(y)`` when precomputed."""
+        ``self.q2(y), self.kv2(y)`` when precomputed, or ``q2kv2 (B, N, 3C/2)`` both side by
+        side (one fused GEMM output: then one window partition copies both)."""
         B, N, C = y.shape
         g, d, w = self.num_heads // 2, self.head_dim, WINDOW_SIZE
-        if q2 is None or kv2 is None:
-            q2, kv2 = self.q2(y), self.kv2(y)
-        if kv2.data_ptr() == q2.data_ptr() + q2.shape[-1] * q2.element_size() and \
-                q2.stride() == kv2.stride():
-            # adjacent column blocks of one fused GEMM output (separate outputs have different
-            # strides): partition both with a single copy
-            qkv2 = q2.as_strided((B, N, q2.shape[-1] + kv2.shape[-1]), q2.stride())
-            q2, kv2 = _window_partition(qkv2, H, W, w).split([q2.shape[-1], kv2.shape[-1]], -1)
+        if q2kv2 is not None:
+            q2, kv2 = _window_partition(q2kv2, H, W, w).split([C // 2, C], -1)
         else:
+            if q2 is None or kv2 is None:
+                q2, kv2 = self.q2(y), self.kv2(y)
             q2, kv2 = _window_partition(q2, H, W, w), _window_partition(kv2, H, W, w)
         nwin, L = q2.shape[:2]
         q2 = q2.view(nwin, L, g, d).transpose(1, 2)
@@ -223,13 +225,14 @@ class HybridScaleAttention(_LePEProj):
                 significance: Optional[torch.Tensor] = None
                 ) -> Tuple[torch.Tensor, torch.Tensor]:
         """``y (B, H*W, C)`` -> ``(out (B, H*W, C), significance (B, H, W))``."""
-        names = ('q1', 'lepe_linear', 'q2', 'kv2')
-        outs = _fused_projections(self, y, names)
-        if outs is None:
-            outs = [getattr(self, n)(y) for n in names]
-        q1, lin, q2, kv2 = outs
+        fused = _fused_projections(self, y, ('q1', 'lepe_linear', 'q2', 'kv2'), merge_last=2)
+        if fused is None:
+            q1, lin = self.q1(y), self.lepe_linear(y)
+            o2, s_local = self._local(y, H, W)
+        else:
+            q1, lin, q2kv2 = fused
+            o2, s_local = self._local(y, H, W, q2kv2=q2kv2)
         o1, s_global = self._coarse(y, H, W, q1)
-        o2, s_local = self._local(y, H, W, q2, kv2)
         # proj(cat([o1, o2]) + lepe), adding the halves into lepe in place (no concat buffer)
         lepe = self._lepe(y, H, W, lin)
         half = self.dim // 2
