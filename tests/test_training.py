@@ -7,7 +7,8 @@
   ``tools/test.py`` on the saved checkpoint reproduces the same mIoU.
 * ``torchrun --nproc_per_node 2 tools/train.py ... --launcher pytorch`` on CPU (gloo): both ranks
   finish.
-* Unit checks of ``tools/make_synthetic_data.py`` and the codebase detection of ``tools/train.py``.
+* Unit checks of ``tools/make_synthetic_data.py`` and the codebase detection
+  (``mmsgformer.utils.detect_codebase``) of ``tools/train.py``.
 
 Run: ``$PY -m pytest tests/test_training.py -x -q`` (about 3 minutes on 2 cores).
 """
@@ -173,7 +174,9 @@ def test_synthetic_data_format_and_determinism(tmp_path):
 
 
 def test_detect_codebase(tmp_path):
-    from train import detect_codebase
+    from mmengine.config import Config
+
+    from mmsgformer.utils import detect_codebase
     cfgs = osp.join(REPO, 'configs')
     assert detect_codebase(osp.join(cfgs, 'maskrcnn_sgformer_b_3x.py')) == 'mmdet'
     assert detect_codebase(osp.join(cfgs, 'upernet_focal_t_160k_ade20k_ms.py')) == 'mmseg'
@@ -186,6 +189,15 @@ def test_detect_codebase(tmp_path):
         detect_codebase(str(lone))
     with pytest.raises(ValueError, match="default_scope='mmocr'"):
         detect_codebase(str(lone), default_scope='mmocr')
+    # a loaded Config: its own default_scope (from the codebase's runtime base), else its file's
+    # _base_ chain (the same detector analysis.flops uses)
+    det = Config.fromfile(osp.join(cfgs, 'maskrcnn_sgformer_s_1x.py'))
+    assert det.get('default_scope') == 'mmdet' and detect_codebase(det) == 'mmdet'
+    seg = Config.fromfile(osp.join(cfgs, 'fpn_sgformer_s_80k_ade20k.py'))
+    seg.default_scope = None
+    assert detect_codebase(seg) == 'mmseg'
+    with pytest.raises(ValueError, match='cannot tell the codebase'):
+        detect_codebase(Config(dict(model=dict(type='MaskRCNN'))))
 
 
 def test_demo_records_metrics_before_and_after(data, tmp_path):

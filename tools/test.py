@@ -1,6 +1,6 @@
 """Evaluate a checkpoint of any mmsgformer config (mmpretrain, mmdet or mmsegmentation).
 
-The codebase is detected as in ``tools/train.py``; mmsgformer is imported first, so runner
+The codebase is detected as in ``tools/train.py`` (:func:`mmsgformer.utils.detect_codebase`); mmsgformer is imported first, so runner
 checkpoints load with torch's weights-only unpickler.
 
 Usage::
@@ -11,14 +11,10 @@ Usage::
     bash tools/dist_test.sh configs/maskrcnn_sgformer_s_1x.py CKPT 8
 """
 import argparse
-import os
-import os.path as osp
 import sys
 from typing import Optional, Sequence
 
-sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-from train import (apply_launcher_and_work_dir, load_config,  # noqa: E402
-                   parse_with_launcher)
+from mmsgformer.utils import apply_launcher_and_work_dir, load_config, parse_with_launcher
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:

@@ -299,19 +299,13 @@ def analyze_model(model: nn.Module, inputs: Union[torch.Tensor, Tuple[Any, ...]]
 
 
 def infer_scope(cfg) -> str:
-    """``'mmpretrain'``, ``'mmdet'`` or ``'mmseg'`` for a config (``default_scope`` first)."""
-    scope = cfg.get('default_scope', None)
-    if scope in ('mmpretrain', 'mmdet', 'mmseg'):
-        return scope
-    model_type = str(cfg.model.get('type', ''))
-    if 'Classifier' in model_type:
-        return 'mmpretrain'
-    if 'EncoderDecoder' in model_type:
-        return 'mmseg'
-    if model_type:
-        return 'mmdet'
-    raise ValueError(f'cannot tell the codebase of a config with default_scope={scope!r} and '
-                     f'model.type={model_type!r}; set default_scope to mmpretrain/mmdet/mmseg')
+    """``'mmpretrain'``, ``'mmdet'`` or ``'mmseg'`` for a loaded config.
+
+    The tools' one detector, :func:`mmsgformer.utils.detect_codebase` (``default_scope``, else
+    the ``codebase::`` prefixes of the config file's ``_base_`` chain).
+    """
+    from mmsgformer.utils import detect_codebase
+    return detect_codebase(cfg)
 
 
 def default_shape(cfg) -> Tuple[int, int]:
