@@ -1,7 +1,7 @@
 """Reading official (and converted / runner) checkpoints into clean backbone state dicts.
 
 Generic over backbones: SG-Former and Focal Transformer official files have the same layout
-(timm-style training checkpoints, spec §14):
+(timm-style training checkpoints, docs/design.md §14):
 
 * a dict with ``state_dict_ema`` / ``state_dict`` (and ``optimizer``, ``args`` = an
   ``argparse.Namespace``, ...), or a ``model`` entry, or a bare state dict;

@@ -1,7 +1,7 @@
-"""The OFFICIAL Focal Transformer v1 model, re-implemented literally from the spec (tests only).
+"""The OFFICIAL Focal Transformer v1 model, re-implemented literally (tests only).
 
 Mirrors microsoft/Focal-Transformer ``classification/focal_transformer.py`` as described in
-/work/shared/focal-spec.md, mechanism by mechanism, so that tests can compare the plugin against an
+docs/design.md (F§1-F§7), mechanism by mechanism, so that tests can compare the plugin against an
 independent "official path":
 
 * the input size is fixed at construction (``img_size``) and asserted; a stage whose map is

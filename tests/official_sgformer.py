@@ -1,6 +1,6 @@
 """A literal functional re-implementation of the OFFICIAL SG-Former model (test helper only).
 
-Written from /work/shared/sgformer-spec.md, mirroring the official code path step by step and
+Written from the description in docs/design.md, mirroring the official code path step by step and
 independent of ``mmsgformer.models``:
 
 * hard-coded 7x7 windows with no padding (grids must be multiples of 7);
@@ -12,7 +12,7 @@ independent of ``mmsgformer.models``:
 * ``pos_embed`` is added without any resizing (its length must equal the stem token count);
 * classifier head: ``norm4`` -> mean over tokens -> ``head``.
 
-It also builds official-format state dicts (official key order, spec §15) with random
+It also builds official-format state dicts (official key order, design §15) with random
 non-trivial weights, and saves official-format training checkpoints.
 """
 import argparse
@@ -37,7 +37,7 @@ def official_keys(embed_dims: Sequence[int], num_heads: Sequence[int], depths: S
                   img_size: int = 224, num_classes: int = 1000, mlp_ratio: int = 4,
                   sr_ratios: Sequence[int] = (8, 4, 2, 1),
                   pos_tokens: Optional[int] = None) -> List[Tuple[str, Tuple[int, ...]]]:
-    """``[(name, shape)]`` in official order (spec §15 templates)."""
+    """``[(name, shape)]`` in official order (design §15 templates)."""
     C1 = embed_dims[0]
     n_pos = pos_tokens if pos_tokens is not None else (img_size // 4) ** 2
     keys = [('pos_embed', (1, n_pos, C1))]
@@ -126,7 +126,7 @@ def make_official_state_dict(embed_dims: Sequence[int], num_heads: Sequence[int]
 def save_official_checkpoint(path: str, state_dict: Dict[str, torch.Tensor],
                              state_dict_ema: Optional[Dict[str, torch.Tensor]] = None,
                              arch: str = 'sgformer_s') -> None:
-    """Write a file in the official training-checkpoint format (spec §14)."""
+    """Write a file in the official training-checkpoint format (design §14)."""
     ckpt = {
         'epoch': 299,
         'arch': arch,

@@ -140,7 +140,7 @@ def _num_params(model):
 ])
 def test_param_counts_size_independent(arch, official_224, head, nb_stage4):
     """Official count minus the head, plus the stage-4 neighbour tables that the official model
-    only has when built above 224 (spec: Focal-T at 256/384 = 29,190,844)."""
+    only has when built above 224 (design F§3: Focal-T at 256/384 = 29,190,844)."""
     with torch.device('meta'):
         model = FocalTransformer(arch=arch, out_indices=(3, ))
         dense = FocalTransformer(arch=arch)
@@ -152,7 +152,7 @@ def test_param_counts_size_independent(arch, official_224, head, nb_stage4):
 
 
 def test_official_reference_param_counts():
-    """The test-side official model has the spec's measured counts (224: 28,880,380)."""
+    """The test-side official model has the official counts of design F§3 (224: 28,880,380)."""
     assert _num_params(official_focal.FocalTransformer(img_size=224)) == 28_880_380
     with torch.device('meta'):
         ours = FocalTransformer('tiny', use_conv_embed=True, out_indices=(3, ))

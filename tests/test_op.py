@@ -50,7 +50,7 @@ def test_op_is_built():
 
 
 def test_layout_counts_used_by_op():
-    # official counts (spec section 6) and the generalized ceil rule at 200x334
+    # official counts (design §6) and the generalized ceil rule at 200x334
     assert segment_layout(3136, 8).counts == (4, 28, 28)
     assert segment_layout(784, 4).counts == (4, 28, 28)
     assert segment_layout(196, 2).counts == (49, 98)

@@ -17,7 +17,6 @@ from mmsgformer.ops import segment_layout
 from official_sgformer import (TINY, make_official_state_dict, official_forward,
                                official_significance)
 
-SPEC = '/work/shared/sgformer-spec.md'
 MICRO = dict(embed_dims=[8, 16, 32, 32], num_heads=[2, 2, 2, 2], depths=[2, 2, 2, 1])
 FROZEN_KEYS = os.path.join(os.path.dirname(__file__), 'data', 'sgformer_s_state_dict.txt')
 
@@ -57,19 +56,15 @@ def test_import_does_not_pull_mmdet_or_mmseg():
 
 # --------------------------------------------------------------------------- schema / counts
 def _appendix_keys():
-    if os.path.exists(SPEC):
-        text = open(SPEC).read()
-        block = text.split('## Appendix A', 1)[1].split('```', 2)[1]
-    else:
-        block = open(FROZEN_KEYS).read()
+    """The official SG-Former-S state dict (design Appendix A): ``[(name, shape)]``."""
     rows = []
-    for line in block.strip().splitlines():
+    for line in open(FROZEN_KEYS).read().strip().splitlines():
         name, shape = line.split(None, 1)
         rows.append((name, tuple(int(v) for v in re.findall(r'\d+', shape))))
     return rows
 
 
-def test_state_dict_equals_spec_appendix_a():
+def test_state_dict_equals_design_appendix_a():
     rows = _appendix_keys()
     assert len(rows) == 669
     with torch.device('meta'):
