@@ -175,7 +175,7 @@ def test_sg_aggregate_counted_as_linear_groups(impl):
         assert rep.sg_aggregate_flops == B * C * slots
 
 
-# paper figures (MambaOut / RMT tables, spec §13.1): GMac, M params
+# paper figures (MambaOut / RMT tables, design §13.1): GMac, M params
 PAPER_CLS = {'s': (4.8, 22.5), 'm': (7.5, 38.7), 'b': (15.6, 78.0)}
 
 
