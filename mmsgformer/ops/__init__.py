@@ -1,7 +1,8 @@
 """Significance-guided key/value aggregation: the op's Python face.
 
 ``sg_aggregate`` dispatches to the compiled ``torch.ops.mmsgformer.sg_aggregate`` when the
-extension is built, and to the pure-PyTorch reference otherwise (or when asked).
+extension is built, and to the pure-PyTorch reference otherwise (or when asked). The contract
+(inputs, layout, gradients, checks, implementations) is docs/design.md §17.
 
 Checks: the compiled op validates dtypes, devices, shapes and the layout itself (``ValueError``
 naming the argument). On the CPU it always checks that ``order`` is a permutation; on CUDA only

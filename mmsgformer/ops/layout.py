@@ -1,6 +1,7 @@
 """Segment layout of self-guided attention: how ranked tokens are cut into segments and groups.
 
-This is the single rule shared by the backbone, the C++/CUDA op and the pure-PyTorch reference.
+This is the single rule shared by the backbone, the C++/CUDA op and the pure-PyTorch reference
+(docs/design.md §6 for the official table, §11 for the generalization below).
 
 Tokens are ranked by ascending significance (rank 0 = least significant). The ranks are cut into
 segments by fixed fractions of the token count ``N``, and each segment is aggregated in groups of

@@ -1,4 +1,5 @@
 // Significance-guided key/value aggregation: shared definitions of the CPU and CUDA kernels.
+// The op's contract is docs/design.md §17.
 //
 // Tokens are ranked by ascending significance (`order[b, p]` is the token index of rank `p`).
 // The ranks are cut into K segments; segment k covers ranks [start_k, start_k + len_k) and is
