@@ -1,4 +1,4 @@
-# SG-Former ImageNet-1k classification, 224x224, official recipe (sgformer-spec §16):
+# SG-Former ImageNet-1k classification, 224x224, official recipe (docs/design.md §16):
 # 300 epochs, total batch 1024 (128/GPU x 8 GPUs), AdamW lr 1e-3 wd 0.05, cosine with 20 warm-up
 # epochs (from 1e-6) to 1e-5, RandAugment rand-m9-mstd0.5-inc1, mixup 0.8, cutmix 1.0, label
 # smoothing 0.1, random erasing 0.25, EMA 0.99992, no weight decay on norms, biases and pos_embed.
@@ -18,7 +18,7 @@ model = dict(
         drop_path_rate=0.1,
         pretrain_img_size=224,
         out_indices=(3, ),
-        init_cfg=None),  # the backbone's own init is the official one (spec §10)
+        init_cfg=None),  # the backbone's own init is the official one (design §10)
     # the official head: norm4 (inside the backbone) -> mean over tokens -> Linear
     neck=dict(type='GlobalAveragePooling'),
     head=dict(
