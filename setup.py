@@ -1,9 +1,19 @@
 """Build and install mmsgformer.
 
-The significance-guided aggregation op (``mmsgformer/ops/csrc``) is compiled during the normal
-install: the C++ CPU kernel always, the CUDA kernel as well when ``FORCE_CUDA=1`` or a GPU is
-visible. Install with ``pip install -e . --no-build-isolation --use-pep517`` (the build must see
-the installed torch); ``tools/setup_env.sh`` does this for you.
+The significance-guided aggregation op (``mmsgformer/ops/csrc``) is compiled against the torch
+of the environment it is installed into: the C++ CPU kernel always, the CUDA kernel as well when
+``FORCE_CUDA=1`` or a GPU is visible. The build must see that torch, so install without build
+isolation, into an environment that has torch (>= 2.1) already:
+
+    pip install . --no-build-isolation                         # or: pip wheel / python -m build
+    pip install -e . --no-build-isolation --use-pep517          # editable (what setup_env.sh does)
+    mim install -e ".[mim]" --no-build-isolation               # also mmcv, via mim
+
+torch is not a declared dependency (like mmdet, mmseg and mmpretrain): pip never replaces the
+user's torch. mmcv is in the ``mim`` extra, as in mmdet: mim picks the prebuilt wheel for the
+installed torch. The version ranges come from ``mmsgformer/version.py``; the exact versions tested
+together from ``requirements/constraints.txt``. ``MMSGFORMER_WITH_OP=0`` installs without the
+compiled op (the pure-PyTorch reference is used).
 """
 import glob
 import os
@@ -14,21 +24,44 @@ from setuptools import find_packages, setup
 HERE = os.path.dirname(os.path.abspath(__file__))
 CSRC = os.path.join('mmsgformer', 'ops', 'csrc')
 
-# Runtime dependencies, with the versions tested together (see tools/setup_env.sh).
+
+def _read_version_file() -> dict:
+    """``mmsgformer/version.py`` executed on its own (importing the package needs torch)."""
+    namespace: dict = {}
+    with open(os.path.join(HERE, 'mmsgformer', 'version.py')) as f:
+        exec(compile(f.read(), 'mmsgformer/version.py', 'exec'), namespace)
+    return namespace
+
+
+VERSION_INFO = _read_version_file()
+_req = VERSION_INFO['requirement']
+
+# Runtime dependencies as ranges. Neither torch nor mmcv: see the module docstring.
 INSTALL_REQUIRES = [
-    'torch==2.14.1',
-    'torchvision==0.29.1',
-    'mmengine==0.10.7',
-    'mmcv==2.1.0',
-    'mmdet==3.3.0',
-    'mmsegmentation==1.2.2',
-    'mmpretrain==1.2.0',
-    'ftfy',
-    'regex',
-    'pycocotools',
-    'matplotlib',
+    _req('mmengine'),
+    _req('mmdet'),
+    _req('mmsegmentation'),
+    _req('mmpretrain'),
     'numpy',
+    'matplotlib',
+    'ftfy',   # mmseg.utils imports ftfy and regex without declaring them
+    'regex',
 ]
+EXTRAS_REQUIRE = {
+    'mim': [_req('mmcv'), _req('mmengine')],
+    'tests': ['pytest'],
+    # tools/deployment/export_onnx.py (torch.onnx.export(dynamo=True) needs onnxscript)
+    'deploy': ['onnx>=1.16', 'onnxscript>=0.3', 'onnxruntime>=1.18'],
+}
+EXTRAS_REQUIRE['all'] = sorted(set(INSTALL_REQUIRES + EXTRAS_REQUIRE['mim'] +
+                                   EXTRAS_REQUIRE['tests']))
+
+NO_TORCH_MESSAGE = (
+    'mmsgformer: torch is not importable in the build environment. The op compiles against the '
+    'torch it will run with, and pip builds in an isolated environment (without your torch) '
+    'unless told otherwise: install torch >= {low} first, then `pip install . '
+    '--no-build-isolation` (editable: `pip install -e . --no-build-isolation --use-pep517`). '
+    'To install without the compiled op (pure-PyTorch fallback), set MMSGFORMER_WITH_OP=0.')
 
 
 def _want_cuda() -> bool:
@@ -41,38 +74,54 @@ def _want_cuda() -> bool:
         return False
 
 
+def _cxx_std(torch_version: str) -> str:
+    """The C++ standard for torch's headers: C++20 from torch 2.10 on, C++17 before."""
+    major, minor = (int(p) for p in torch_version.split('+')[0].split('.')[:2])
+    return '-std=c++20' if (major, minor) >= (2, 10) else '-std=c++17'
+
+
 def _extensions():
-    """The op extension, or nothing when torch (or the sources) are unavailable.
+    """The op extension (and its build command), or nothing with ``MMSGFORMER_WITH_OP=0``.
 
     The CPU kernel is always built; it uses ATen's OpenMP ``parallel_for``, which runs serially
     unless compiled with ``-fopenmp``. The CUDA kernel is added when ``FORCE_CUDA=1`` or a GPU is
     visible. Without a GPU, ``TORCH_CUDA_ARCH_LIST`` defaults to "8.0;9.0" and ``CUDA_HOME`` to
     /usr/local/cuda (torch's auto-detection would take the directory of an ``nvcc`` wrapper).
+
+    Raises:
+        RuntimeError: torch is not importable (build isolation) or older than supported.
     """
+    if 'sdist' in sys.argv[1:]:
+        return [], {}  # a source distribution compiles nothing
+    if os.environ.get('MMSGFORMER_WITH_OP', '1') == '0':
+        print('mmsgformer: MMSGFORMER_WITH_OP=0: installing without the C++ op '
+              '(the pure-PyTorch reference will be used)', file=sys.stderr)
+        return [], {}
+    low = VERSION_INFO['SUPPORTED']['torch'][0]
+    try:
+        import torch
+    except ImportError:
+        raise RuntimeError(NO_TORCH_MESSAGE.format(low=low)) from None
+    release = tuple(int(p) for p in torch.__version__.split('+')[0].split('.')[:2])
+    if release < tuple(int(p) for p in low.split('.')[:2]):
+        raise RuntimeError(f'mmsgformer needs torch >= {low}, found torch {torch.__version__}')
     want_cuda = _want_cuda()
     if want_cuda and not (os.environ.get('CUDA_HOME') or os.environ.get('CUDA_PATH')):
         if os.path.exists('/usr/local/cuda/bin/nvcc'):
             os.environ['CUDA_HOME'] = '/usr/local/cuda'  # before cpp_extension reads it
-    try:
-        from torch.utils.cpp_extension import (BuildExtension, CppExtension,
-                                               CUDAExtension)
-    except ImportError:
-        print('mmsgformer: torch not importable at build time; '
-              'installing without the C++ op (the pure-PyTorch path will be used)',
-              file=sys.stderr)
-        return [], {}
+    from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
     cpp_sources = sorted(glob.glob(os.path.join(CSRC, '*.cpp')) +
                          glob.glob(os.path.join(CSRC, 'cpu', '*.cpp')))
     if not cpp_sources:
         return [], {}
-    cxx_flags = ['-O3', '-std=c++20', '-g0']
+    std = _cxx_std(torch.__version__)
+    cxx_flags = ['-O3', std, '-g0']
     link_flags = []
     if sys.platform.startswith('linux'):
         cxx_flags.append('-fopenmp')
         link_flags.append('-fopenmp')
     include_dirs = [os.path.join(HERE, CSRC)]
     if want_cuda:
-        import torch
         if not torch.cuda.is_available():
             os.environ.setdefault('TORCH_CUDA_ARCH_LIST', '8.0;9.0')
         cu_sources = sorted(glob.glob(os.path.join(CSRC, 'cuda', '*.cu')))
@@ -83,7 +132,7 @@ def _extensions():
             define_macros=[('WITH_CUDA', None)],
             extra_compile_args={
                 'cxx': cxx_flags,
-                'nvcc': ['-O3', '-std=c++20', '--expt-relaxed-constexpr'],
+                'nvcc': ['-O3', std, '--expt-relaxed-constexpr'],
             },
             extra_link_args=link_flags)
     else:
@@ -100,7 +149,7 @@ ext_modules, cmdclass = _extensions()
 
 setup(
     name='mmsgformer',
-    version='0.1.0',
+    version=VERSION_INFO['__version__'],
     description='SG-Former (and Focal Transformer) backbones for mmpretrain, mmdet and '
                 'mmsegmentation',
     long_description=open(os.path.join(HERE, 'README.md')).read()
@@ -109,6 +158,7 @@ setup(
     packages=find_packages(exclude=('tests', 'tools', 'configs')),
     python_requires='>=3.10',
     install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS_REQUIRE,
     ext_modules=ext_modules,
     cmdclass=cmdclass,
     zip_safe=False,

@@ -14,12 +14,13 @@ unpickling silently: pass ``weights_only=False`` explicitly for a trusted file t
 """
 import os
 import pickle
+import zipfile
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import torch
 
-from mmsgformer.safe_globals import register_safe_globals
+from mmsgformer.safe_globals import weights_only_load
 
 STATE_DICT_KEYS = ('state_dict_ema', 'state_dict', 'model')
 
@@ -45,24 +46,59 @@ class CheckpointContent:
     meta: Dict[str, Any] = field(default_factory=dict)
 
 
+# What ``torch.save`` writes: a zip archive holding ``<name>/data.pkl``, or (the legacy format,
+# ``_use_new_zipfile_serialization=False``) a pickle of torch's magic number first.
+_LEGACY_TORCH_MAGIC = pickle.dumps(0x1950a86a20f9469cfc6c, protocol=2)[2:]  # LONG1 opcode + bytes
+
+
+def check_torch_file(path: str) -> None:
+    """Raise ValueError when ``path`` is not a file written by ``torch.save``.
+
+    Without this, torch's weights-only loader reports any other file (text, a plain pickle,
+    safetensors) as one that "pickles objects that are not allow-listed".
+    """
+    with open(path, 'rb') as f:
+        head = f.read(32)
+    if head[:1] == b'\x80' and _LEGACY_TORCH_MAGIC in head:
+        return
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            if any(n == 'data.pkl' or n.endswith('/data.pkl') for n in archive.namelist()):
+                return
+        kind = 'a zip archive without the data.pkl of torch.save'
+    elif not head:
+        kind = 'empty'
+    elif head[:1] == b'\x80':
+        kind = 'a plain pickle (pickle.dump), not torch.save output'
+    elif len(head) >= 9 and head[8:9] == b'{':
+        kind = ('a safetensors file (read it with safetensors.torch.load_file, or convert it '
+                'with torch.save)')
+    else:
+        kind = f'of unknown format (first bytes {head[:8]!r})'
+    raise ValueError(f'checkpoint {path!r} is not a torch checkpoint (a torch.save zip archive '
+                     f'or legacy torch.save file): it is {kind}')
+
+
 def load_file(path: str, map_location: Any = 'cpu', weights_only: bool = True) -> Any:
     """``torch.load`` a checkpoint file safely (``weights_only=True`` unless told otherwise).
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: the file needs unpickling of objects that are not allow-listed; the message
+        ValueError: the file is not a ``torch.save`` file at all (:func:`check_torch_file`), or
+            it needs unpickling of objects that are not allow-listed; the message
             names the file and the way out (``weights_only=False`` for a trusted file).
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(f'checkpoint file {path!r} does not exist')
+    check_torch_file(path)
     if not weights_only:
         return torch.load(path, map_location=map_location, weights_only=False)
     # The package-wide allow-list (argparse.Namespace, HistoryBuffer, numpy) is what makes
-    # official and runner checkpoints load. Not torch's ``safe_globals`` context manager: on
-    # exit it removes its classes even when they had been allow-listed before.
-    register_safe_globals()
+    # official and runner checkpoints load (on torch < 2.4 through a restricted unpickler). Not
+    # torch's ``safe_globals`` context manager: on exit it removes its classes even when they had
+    # been allow-listed before.
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        return weights_only_load(path, map_location=map_location)
     except pickle.UnpicklingError as err:
         raise ValueError(
             f'checkpoint {path!r} cannot be loaded with weights_only=True: it pickles objects '

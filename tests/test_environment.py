@@ -1,9 +1,11 @@
 """The installed OpenMMLab stack: compiled mmcv ops, every codebase's models, mmsgformer."""
 import subprocess
 import sys
+from pathlib import Path
 
-import pytest
 import torch
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_mmcv_compiled_ops_import_and_nms_known_answer():
@@ -36,16 +38,32 @@ def test_codebases_import():
     import mmsgformer  # noqa: F401
 
 
+def _tested_pins(torch_version: str) -> dict:
+    """The pins of requirements/constraints.txt for ``torch_version`` (its ``#@torchX`` lines
+    replace the main ones), as tools/setup_env.sh applies them."""
+    pins, overrides = {}, {}
+    for line in (REPO / 'requirements' / 'constraints.txt').read_text().splitlines():
+        target = pins
+        if line.startswith(f'#@torch{torch_version} '):
+            target, line = overrides, line.split(' ', 1)[1]
+        elif line.startswith('#'):
+            continue
+        if '==' in line:
+            name, version = line.split('==')
+            target[name.strip()] = version.strip()
+    return {**pins, **overrides}
+
+
 def test_versions_are_the_tested_stack():
-    import mmcv
-    import mmdet
-    import mmengine
-    import mmpretrain
-    import mmseg
-    assert torch.__version__.split('+')[0] == '2.14.1'
-    assert (mmcv.__version__, mmengine.__version__) == ('2.1.0', '0.10.7')
-    assert (mmdet.__version__, mmseg.__version__, mmpretrain.__version__) == ('3.3.0', '1.2.2',
-                                                                              '1.2.0')
+    from importlib import metadata
+    torch_version = torch.__version__.split('+')[0]
+    pins = _tested_pins(torch_version)
+    assert pins['torch'] == torch_version, 'this torch is not a tested set of constraints.txt'
+    for name in ('torchvision', 'mmcv', 'mmengine', 'mmdet', 'mmsegmentation', 'mmpretrain',
+                 'openmim', 'numpy', 'opencv-python'):
+        if name in pins:
+            assert metadata.version(name).split('+')[0] == pins[name], name
+    assert {'mmcv', 'mmdet', 'mmsegmentation', 'mmpretrain'} <= set(pins)
 
 
 def test_import_mmsgformer_does_not_import_mmdet_or_mmseg():

@@ -14,6 +14,7 @@ import os
 
 import torch
 
+from ..compat import is_compiling  # torch.compiler.is_compiling needs torch >= 2.3
 from .layout import SegmentLayout, group_sizes_for, segment_layout
 from .reference import sg_aggregate_reference
 
@@ -62,7 +63,7 @@ def _check_permutation(order: torch.Tensor) -> None:
     n = order.shape[1]
     ok = (torch.sort(order, dim=1).values ==
           torch.arange(n, device=order.device, dtype=order.dtype)).all()
-    if torch.compiler.is_compiling():
+    if is_compiling():
         torch._assert_async(ok, msg)  # traceable: no graph break in debug mode
     elif not bool(ok):
         raise ValueError(msg)
@@ -92,6 +93,9 @@ def sg_aggregate(tokens: torch.Tensor, order: torch.Tensor, weight: torch.Tensor
                          f'got {type(layout).__name__}')
     if tokens.dim() != 3:
         raise ValueError(f'tokens must be (B, N, C), got shape {tuple(tokens.shape)}')
+    if torch.onnx.is_in_onnx_export():  # ONNX has no custom op: standard operators instead
+        from mmsgformer.deploy.onnx import sg_aggregate_onnx
+        return sg_aggregate_onnx(tokens, order, weight, bias, layout)
     if not torch.jit.is_tracing() and tokens.shape[1] != layout.num_tokens:
         raise ValueError(f'layout is for N={layout.num_tokens} tokens but tokens have '
                          f'N={tokens.shape[1]}; build it with segment_layout(N, sr_ratio)')

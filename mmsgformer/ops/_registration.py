@@ -9,13 +9,24 @@ ops and their CPU/CUDA kernels) and registers what the dispatcher needs from Pyt
   Only ``tokens``, ``order`` and ``weight`` are saved for backward, never a permuted copy of the
   tokens.
 
+On torch >= 2.4 both go through ``torch.library.register_fake`` / ``register_autograd``. Older
+torch (2.1-2.3) lacks them: the same fake functions become Python ``Meta`` kernels and the same
+formula a Python ``Autograd`` kernel running :class:`SgAggregateFunction`, both registered with
+``torch.library.Library``; ``torch.ops.mmsgformer.sg_aggregate`` is differentiable either way.
+``MMSGFORMER_LEGACY_REGISTRATION=1`` selects the older path on new torch (to test it).
+
 It raises ImportError when the extension is not built.
 """
+import os
 from typing import List, Sequence, Tuple
 
 import torch
 
 from .. import _C  # noqa: F401  (loads the shared library: defines torch.ops.mmsgformer.*)
+from ..compat import HAS_REGISTER_AUTOGRAD, HAS_REGISTER_FAKE
+
+LEGACY = (os.environ.get('MMSGFORMER_LEGACY_REGISTRATION', '0') not in ('', '0')
+          or not (HAS_REGISTER_FAKE and HAS_REGISTER_AUTOGRAD))
 
 _FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
@@ -52,7 +63,6 @@ def _num_out(op: str, tokens: torch.Tensor, order: torch.Tensor, weight: torch.T
     return sum((length + g - 1) // g for length, g in zip(seg_lengths, group_sizes))
 
 
-@torch.library.register_fake('mmsgformer::sg_aggregate')
 def _sg_aggregate_fake(tokens: torch.Tensor, order: torch.Tensor, weight: torch.Tensor,
                        bias: torch.Tensor, seg_starts: List[int], seg_lengths: List[int],
                        group_sizes: List[int]) -> torch.Tensor:
@@ -67,7 +77,6 @@ def _sg_aggregate_fake(tokens: torch.Tensor, order: torch.Tensor, weight: torch.
     return tokens.new_empty((tokens.shape[0], num_out, tokens.shape[2]))
 
 
-@torch.library.register_fake('mmsgformer::sg_aggregate_backward')
 def _sg_aggregate_backward_fake(
         grad_out: torch.Tensor, tokens: torch.Tensor, order: torch.Tensor, weight: torch.Tensor,
         seg_starts: List[int], seg_lengths: List[int],
@@ -100,5 +109,37 @@ def _backward(ctx, grad_out: torch.Tensor):
             None, None, None)
 
 
-torch.library.register_autograd('mmsgformer::sg_aggregate', _backward,
-                                setup_context=_setup_context)
+class SgAggregateFunction(torch.autograd.Function):
+    """``sg_aggregate`` with the formula of :func:`_backward`, for torch without
+    ``register_autograd``. Its forward runs the op below the Autograd dispatch key."""
+
+    @staticmethod
+    def forward(ctx, tokens, order, weight, bias, seg_starts, seg_lengths, group_sizes):
+        with torch._C._AutoDispatchBelowAutograd():
+            out = torch.ops.mmsgformer.sg_aggregate(tokens, order, weight, bias, seg_starts,
+                                                    seg_lengths, group_sizes)
+        _setup_context(ctx, (tokens, order, weight, bias, seg_starts, seg_lengths, group_sizes),
+                       out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        return _backward(ctx, grad_out)
+
+
+def _autograd_kernel(tokens, order, weight, bias, seg_starts, seg_lengths, group_sizes):
+    return SgAggregateFunction.apply(tokens, order, weight, bias, seg_starts, seg_lengths,
+                                     group_sizes)
+
+
+if LEGACY:
+    # Kept alive for the life of the process: the registrations go when the Library is freed.
+    _LIB = torch.library.Library('mmsgformer', 'IMPL')
+    _LIB.impl('sg_aggregate', _sg_aggregate_fake, 'Meta')
+    _LIB.impl('sg_aggregate_backward', _sg_aggregate_backward_fake, 'Meta')
+    _LIB.impl('sg_aggregate', _autograd_kernel, 'Autograd')
+else:
+    torch.library.register_fake('mmsgformer::sg_aggregate', _sg_aggregate_fake)
+    torch.library.register_fake('mmsgformer::sg_aggregate_backward', _sg_aggregate_backward_fake)
+    torch.library.register_autograd('mmsgformer::sg_aggregate', _backward,
+                                    setup_context=_setup_context)
