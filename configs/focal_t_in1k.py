@@ -1,7 +1,1 @@
-# Focal-T, ImageNet-1k, 224x224, 300 epochs, 8 GPUs x 128 images (official recipe, see
-# _base_/cls/focal_in1k_224.py). Drop path 0.2.
-_base_ = ['./_base_/cls/focal_in1k_224.py']
-
-model = dict(
-    backbone=dict(arch='t', drop_path_rate=0.2),
-    head=dict(in_channels=768))
+_base_ = './focal/focal_t_in1k.py'  # an alias (configs/README.md)

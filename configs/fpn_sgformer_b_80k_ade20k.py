@@ -1,18 +1,1 @@
-# Semantic FPN with an SG-Former-B backbone, ADE20K, 512x512, 80k iterations, AdamW lr 1e-4,
-# wd 1e-4 (see _base_/seg/fpn_adamw_80k_ade20k.py).
-_base_ = ['./_base_/seg/fpn_adamw_80k_ade20k.py']
-
-# ImageNet-1k weights of the backbone: convert the official checkpoint once with
-#   python tools/convert_official.py SG-Former-B.pth checkpoints/sgformer_b_in1k_backbone.pth \
-#       --format backbone --model sgformer
-pretrained = 'checkpoints/sgformer_b_in1k_backbone.pth'
-model = dict(
-    backbone=dict(
-        _delete_=True,
-        type='SGFormer',
-        arch='b',
-        drop_path_rate=0.4,
-        pretrain_img_size=224,
-        out_indices=(0, 1, 2, 3),
-        init_cfg=dict(type='Pretrained', checkpoint=pretrained)),
-    neck=dict(in_channels=[96, 192, 384, 768]))
+_base_ = './sgformer/fpn_sgformer_b_80k_ade20k.py'  # an alias (configs/README.md)

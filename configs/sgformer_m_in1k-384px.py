@@ -1,12 +1,1 @@
-# SG-Former-M, ImageNet-1k fine-tuning at 384x384 for 30 epochs from the 224 model
-# (see _base_/cls/sgformer_in1k_384.py): AdamW lr 5e-6, wd 1e-8, drop path 0.4.
-_base_ = ['./_base_/cls/sgformer_in1k_384.py']
-
-model = dict(
-    backbone=dict(arch='m', drop_path_rate=0.4, pretrain_img_size=384),
-    head=dict(in_channels=512))
-# The 224 classifier to fine-tune: the last checkpoint of configs/sgformer_m_in1k.py, or the
-# official weights converted with
-#   python tools/convert_official.py SG-Former-M.pth checkpoints/sgformer_m_in1k.pth \
-#       --format classifier --model sgformer
-load_from = 'checkpoints/sgformer_m_in1k.pth'
+_base_ = './sgformer/sgformer_m_in1k-384px.py'  # an alias (configs/README.md)

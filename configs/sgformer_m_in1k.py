@@ -1,7 +1,1 @@
-# SG-Former-M, ImageNet-1k, 224x224, 300 epochs, 8 GPUs x 128 images (official recipe,
-# see _base_/cls/sgformer_in1k_224.py). Drop path 0.2.
-_base_ = ['./_base_/cls/sgformer_in1k_224.py']
-
-model = dict(
-    backbone=dict(arch='m', drop_path_rate=0.2),
-    head=dict(in_channels=512))
+_base_ = './sgformer/sgformer_m_in1k.py'  # an alias (configs/README.md)

@@ -1,9 +1,9 @@
-# CPU demo: the real UperNet + SG-Former config (configs/upernet_sgformer_s_160k_ade20k.py)
+# CPU demo: the real UperNet + SG-Former config (configs/sgformer/upernet_sgformer_s_160k_ade20k.py)
 # shrunk to train in minutes on the synthetic ADE20K-format scenes written by
 # tools/make_synthetic_data.py (128x128 crops): a tiny SG-Former with random init, 64-channel
 # UperNet head (32-channel auxiliary FCN head), BN instead of SyncBN, a short iteration schedule.
 # Used by tools/demo.py.
-_base_ = ['../upernet_sgformer_s_160k_ade20k.py']
+_base_ = ['../sgformer/upernet_sgformer_s_160k_ade20k.py']
 
 data_root = 'data/synthetic/ade/ADEChallengeData2016'
 crop_size = (128, 128)

@@ -3,13 +3,9 @@
 # linear warm-up over 1000 iterations, lr x0.1 at epochs 8 and 11, batch 2/GPU x 8 GPUs = 16.
 # No weight decay on norms (by type: LayerNorm, GroupNorm, BN) and on position tables.
 # ImageNet mean/std normalisation in RGB order (mmdet's Mask R-CNN data preprocessor).
-# The backbone is set by the configs that inherit this file.
+# mmdet's ResNet-50 stays in the model: each family's S/T config replaces it (`_delete_=True`).
 _base_ = ['mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py']
 custom_imports = dict(imports=['mmsgformer'], allow_failed_imports=False)
-
-model = dict(
-    backbone=dict(_delete_=True, type='SGFormer', arch='s', out_indices=(0, 1, 2, 3)),
-    neck=dict(in_channels=[64, 128, 256, 512]))
 
 max_epochs = 12
 train_cfg = dict(max_epochs=max_epochs)

@@ -1,6 +1,7 @@
-# Mask R-CNN + FPN, 3x schedule: 36 epochs, multi-scale training with the shorter side drawn
-# uniformly from [480, 800] (longer side <= 1333), lr x0.1 at epochs 27 and 33; test at 800.
-_base_ = ['./mask-rcnn_fpn_adamw_1x.py']
+# Mask R-CNN + Focal-T, COCO 2017, 3x schedule: maskrcnn_focal_t_1x.py trained 36 epochs
+# with multi-scale training (shorter side uniform in [480, 800], longer side <= 1333; test at
+# 800) and lr x0.1 at epochs 27 and 33.
+_base_ = './maskrcnn_focal_t_1x.py'
 
 train_pipeline = [
     dict(type='LoadImageFromFile', backend_args=None),
@@ -10,7 +11,6 @@ train_pipeline = [
     dict(type='PackDetInputs'),
 ]
 train_dataloader = dict(dataset=dict(pipeline=train_pipeline))
-
 max_epochs = 36
 train_cfg = dict(max_epochs=max_epochs)
 param_scheduler = [

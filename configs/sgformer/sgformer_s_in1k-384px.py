@@ -1,10 +1,7 @@
-# SG-Former ImageNet-1k fine-tuning at 384x384: 30 epochs, AdamW lr 5e-6, wd 1e-8, drop path 0.4,
-# `pretrain_img_size=384` (the 56x56 position table of the 224 model is resized to 96x96 bicubically
-# when the 224 checkpoint is loaded). Start from a 224 classifier checkpoint through `load_from`
-# (a runner checkpoint of configs/sgformer_*_in1k.py, or an official checkpoint converted with
-# `python tools/convert_official.py SG-Former-S.pth checkpoints/sgformer_s_in1k.pth
-#  --format classifier --model sgformer`). Batch 64/GPU x 8 GPUs = 512.
-_base_ = ['./sgformer_in1k_224.py']
+# SG-Former-S, ImageNet-1k fine-tuning at 384x384 from the 224 model: 30 epochs, batch 64/GPU x 8,
+# AdamW lr 5e-6 cosine to 5e-8 (no warm-up), wd 1e-8, drop path 0.4. `pretrain_img_size=384`: the
+# 56x56 position table of the 224 checkpoint is resized to 96x96 (bicubic) when it is loaded.
+_base_ = './sgformer_s_in1k.py'
 
 model = dict(backbone=dict(pretrain_img_size=384, drop_path_rate=0.4))
 
@@ -31,10 +28,13 @@ val_dataloader = dict(batch_size=64, dataset=dict(pipeline=test_pipeline))
 test_dataloader = val_dataloader
 
 optim_wrapper = dict(optimizer=dict(lr=5e-6, weight_decay=1e-8))
-# 30 epochs: cosine from 5e-6 to 5e-8 (no warm-up: the model is already trained).
 param_scheduler = [
     dict(type='CosineAnnealingLR', eta_min=5e-8, by_epoch=True, begin=0, end=30,
          convert_to_iter_based=True),
 ]
-train_cfg = dict(by_epoch=True, max_epochs=30, val_interval=1)
+train_cfg = dict(max_epochs=30)
 auto_scale_lr = dict(base_batch_size=512)
+# The 224 classifier to fine-tune: the last checkpoint of sgformer_s_in1k.py, or the official
+# weights converted with `python tools/convert_official.py SG-Former-S.pth
+# checkpoints/sgformer_s_in1k.pth --format classifier --model sgformer`.
+load_from = 'checkpoints/sgformer_s_in1k.pth'
