@@ -340,26 +340,96 @@ def test_analyze_logs(tmp_path):
 # benchmark
 
 
-def test_benchmark_table_ratios():
+def test_benchmark_table_ratios_and_cpu_flag():
     tool = _load_tool('benchmark')
     base = dict(size_name='224', batch=8, peak_mib=900., cpu_util=0.98, params_m=28.)
-    results = [dict(base, model='swin-t', median_s=0.5, growth_mib=300.),
-               dict(base, model='sgformer-s', median_s=0.4, growth_mib=150.),
-               dict(base, model='focal-t', error='exit 1: boom')]
-    table = tool.format_table(results, {'224': 'swin-t'}).splitlines()
-    sg = next(line for line in table if line.startswith('sgformer-s'))
-    assert '20.00' in sg and '1.25x' in sg and '0.50x' in sg
-    assert any(line.startswith('focal-t') and 'FAILED' in line for line in table)
+    train = dict(base, mode='train', size_name='512x512', batch=4)
+    results = [dict(base, mode='infer', model='swin-t', step_s=0.5, growth_mib=300.),
+               dict(base, mode='infer', model='sgformer-s', step_s=0.4, growth_mib=150.,
+                    gmac_step=38.5, gmac_per_s=96.25),
+               dict(base, mode='infer', model='focal-t', error='exit 1: boom'),
+               dict(train, model='swin-t', step_s=8.0, growth_mib=3000.),
+               dict(train, model='sgformer-s', step_s=12.0, growth_mib=6000., cpu_util=0.5),
+               dict(train, model='sgformer-s', with_cp=True, step_s=16.0, growth_mib=1500.)]
+    table = tool.format_table(results).splitlines()
+    rows = [line.split() for line in table if line.startswith(('sgformer', 'swin', 'focal'))]
+    assert table[0].split()[:4] == ['model', 'mode', 'input', 'batch']
+    # infer: 0.4 s per 8 images vs 0.5 s -> 0.80x the time, half the memory growth, 96.25 GMac/s
+    assert rows[1][:7] == ['sgformer-s', 'infer', '224', '8', '20', '0.4', '0.80x']
+    assert rows[1][7:9] == ['38.5', '96.25'] and rows[1][11] == '0.50x'
+    assert rows[0][6] == '1.00x' and rows[0][7:9] == ['n/a', 'n/a']
+    assert rows[2][:2] == ['focal-t', 'infer'] and 'FAILED:' in rows[2]
+    # train: ratios against the train Swin-T at the same input; a 50% cpu share is flagged
+    assert rows[4][:2] == ['sgformer-s', 'train'] and rows[4][6] == '1.50x'
+    assert rows[4][11:13] == ['2.00x', '50%!']
+    assert rows[3][12] == '98%' and rows[5][12] == '98%'
+    assert rows[5][0] == 'sgformer-s+cp' and rows[5][6] == '2.00x' and rows[5][11] == '0.50x'
+    notes = table[table.index('') + 1:]
+    assert any('3x the forward' in n for n in notes)
+    assert any(n.startswith('! cpu share under 90%') and '(1 row(s))' in n for n in notes)
+    # no flag, no flag note; no train rows, no 3x note
+    quiet = tool.format_table(results[:2])
+    assert '!' not in quiet and '3x' not in quiet
+
+
+def test_benchmark_cells_follow_modes_sizes_and_with_cp():
+    tool = _load_tool('benchmark')
+    specs = tool.cell_specs(tool.parse_args(['--modes', 'infer', 'train', '--with-cp',
+                                             '--models', 'sgformer-s', 'swin-t']))
+    cells = [(s['mode'], s['size_name'], s['model'], s['with_cp'], s['batch'], s['warmup'],
+              s['repeats'], s['stat'], s['dense']) for s in specs]
+    assert cells == [
+        ('infer', '224', 'sgformer-s', False, 8, 3, 5, 'median', False),
+        ('infer', '224', 'swin-t', False, 8, 3, 5, 'median', False),
+        ('infer', '800x1344', 'sgformer-s', False, 1, 3, 5, 'median', True),
+        ('infer', '800x1344', 'swin-t', False, 1, 3, 5, 'median', True),
+        ('train', '800x1344', 'sgformer-s', False, 2, 1, 2, 'best', True),
+        ('train', '800x1344', 'sgformer-s', True, 2, 1, 2, 'best', True),
+        ('train', '800x1344', 'swin-t', False, 2, 1, 2, 'best', True),
+        ('train', '800x1344', 'swin-t', True, 2, 1, 2, 'best', True),
+        ('train', '512x512', 'sgformer-s', False, 4, 1, 2, 'best', True),
+        ('train', '512x512', 'sgformer-s', True, 4, 1, 2, 'best', True),
+        ('train', '512x512', 'swin-t', False, 4, 1, 2, 'best', True),
+        ('train', '512x512', 'swin-t', True, 4, 1, 2, 'best', True)]
+    default = tool.cell_specs(tool.parse_args(['--modes', 'train']))
+    assert [s['model'] for s in default[:7]] == tool.DEFAULT_TRAIN
+    assert {s['size_name'] for s in default} == {'800x1344', '512x512'}
+    assert tool.parse_size('64') == ((64, 64), False)
+    assert tool.parse_size('96x128') == ((96, 128), True)
+    with pytest.raises(ValueError, match="size '8x8' must be"):
+        tool.parse_size('8x8')
+
+
+def test_benchmark_train_step_with_cp(one_thread):
+    # mmdet's Swin for dense rows; with_cp reaches the blocks and leaves the gradients unchanged
+    tool = _load_tool('benchmark')
+    from mmdet.models.backbones import SwinTransformer
+    x = torch.randn(1, 3, 64, 64)
+    grads = []
+    for name in ('swin-tiny-test', 'sgformer-tiny'):
+        for cp in (False, True):
+            torch.manual_seed(0)
+            model = tool.build_model(name, dense=True, img_hw=(64, 64), with_cp=cp)
+            if name == 'swin-tiny-test':
+                assert isinstance(model, SwinTransformer)
+                assert model.stages[0].blocks[0].with_cp is cp
+            model.train()
+            tool.make_step(model, x, 'train')()
+            grads.append(torch.cat([p.grad.flatten() for p in model.parameters()
+                                    if p.grad is not None]))
+    assert grads[0].abs().sum() > 0 and grads[2].abs().sum() > 0
+    torch.testing.assert_close(grads[1], grads[0])
+    torch.testing.assert_close(grads[3], grads[2])
 
 
 @pytest.mark.parametrize('name', ['swin-tiny-test', 'focal-tiny-test', 'sgformer-tiny'])
-def test_benchmark_worker_dense_backbones(name):
+def test_benchmark_worker_dense_backbones(name, one_thread):
     # the 800x1344 rows build backbones with four outputs (mmdet's Swin for 'swin-*')
     tool = _load_tool('benchmark')
-    spec = dict(model=name, size_name='800x1344', size=[64, 96], batch=1, dense=True,
-                warmup=0, repeats=2, threads=torch.get_num_threads())
+    spec = dict(model=name, mode='infer', size_name='64x96', size=[64, 96], batch=1, dense=True,
+                warmup=0, repeats=2, stat='median', gmac=False, threads=1)
     res = tool.run_worker(spec)
-    assert len(res['times']) == 2 and res['median_s'] > 0
+    assert len(res['times']) == 2 and res['step_s'] == pytest.approx(sum(res['times']) / 2)
     assert res['peak_mib'] >= res['base_mib'] > 0 and res['params_m'] > 0
     model = tool.build_model(name, dense=True, img_hw=(64, 96))
     with torch.no_grad():
@@ -367,12 +437,33 @@ def test_benchmark_worker_dense_backbones(name):
     assert len(outs) == 4 and outs[0].shape[-2:] == (16, 24)
 
 
-def test_benchmark_quick_mode_prints_table():
-    out = _run_tool('benchmark', '--models', 'sgformer-tiny', '--sizes', '224', '--batch', '1',
-                    '--repeats', '1', '--warmup', '0')
+def test_benchmark_train_smoke_run(tmp_path, one_thread):
+    # one thread per worker: two threads on a busy 2-core machine are many times slower
+    out = _run_tool('benchmark', '--modes', 'train', '--models', 'swin-tiny-test',
+                    'sgformer-tiny', '--sizes', '64x64', '--batch', '2', '--repeats', '1',
+                    '--warmup', '0', '--threads', '1', '--reference', 'swin-tiny-test',
+                    '--json', str(tmp_path / 'r.json'))
     lines = out.strip().splitlines()
-    assert lines[0].startswith('CPU benchmark')
-    assert lines[1].split()[:4] == ['model', 'input', 'batch', 'img/s']
-    row = next(line for line in lines if line.startswith('sgformer-tiny'))
-    fields = row.split()
-    assert fields[1] == '224' and fields[2] == '1' and float(fields[3]) > 0
+    assert lines[0].startswith('CPU benchmark: torch.set_num_threads(1)')
+    assert 'infer rows' not in lines[0]
+    assert 'loss = sum of mean squares of the outputs, backward, 0 warm-up + best of 1 steps' \
+        in lines[0]
+    assert lines[1].split()[:4] == ['model', 'mode', 'input', 'batch']
+    rows = [line.split() for line in lines if line.startswith(('sgformer-tiny', 'swin-tiny'))]
+    assert [r[:4] for r in rows] == [['swin-tiny-test', 'train', '64x64', '2'],
+                                     ['sgformer-tiny', 'train', '64x64', '2']]
+    for r in rows:  # GMac/s is GMac / (s/step) from the row's own (rounded) figures
+        step_s, gmac, gmac_s = float(r[5]), float(r[7]), float(r[8])
+        assert gmac > 0 and gmac_s == pytest.approx(gmac / step_s, rel=2e-3)
+    assert rows[0][6] == rows[0][11] == '1.00x' and rows[1][6].endswith('x')
+    assert any('3x the forward' in line for line in lines)
+    res = {r['model']: r for r in json.loads((tmp_path / 'r.json').read_text())}
+    tool = _load_tool('benchmark')
+    for name, r in res.items():
+        assert r['gmac_per_s'] == pytest.approx(r['gmac_step'] / r['step_s'], rel=1e-12)
+        assert r['gmac_step'] == pytest.approx(3 * r['gmac_fwd'], rel=1e-12)
+        assert r['growth_mib'] > 0 and len(r['times']) == 1
+    # the forward count is the FLOP counter's for that model and input (batch 2)
+    model = tool.build_model('sgformer-tiny', dense=True, img_hw=(64, 64))
+    assert res['sgformer-tiny']['gmac_fwd'] * 1e9 == pytest.approx(
+        tool.forward_macs(model, torch.zeros(2, 3, 64, 64)), rel=1e-12)

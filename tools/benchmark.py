@@ -1,40 +1,61 @@
 """CPU speed and memory benchmark: SG-Former vs Swin (mmpretrain / mmdet) vs Focal Transformer.
 
-Prints ONE table. Every (model, input size) cell is measured in a fresh subprocess, so the peak
-RSS belongs to that model alone; each subprocess uses ``torch.set_num_threads(THREADS)``, eval
-mode and ``torch.no_grad()``, runs ``--warmup`` untimed forwards and reports the median of
-``--repeats`` timed forwards.
+Prints ONE table with inference and training rows. Every cell (mode, model, input) is measured in
+a fresh subprocess, so the peak RSS belongs to that model alone; each subprocess uses
+``torch.set_num_threads(THREADS)``.
 
-* ``224`` rows: classifier (backbone + global average pool + Linear(C, 1000)), batch 8, img/s.
-* ``800x1344`` rows: backbone only (all four stage outputs, as in Mask R-CNN), batch 1,
-  seconds per image.
+Modes (``--modes``):
 
-Memory: ``peak MiB`` is the process's peak RSS (``VmHWM``) during the forwards; the high-water
-mark is reset right after the model and input are built (``/proc/self/clear_refs``), and
-``growth MiB`` is that peak minus the RSS at that moment (model weights and the
-Python/torch/mm* import baseline excluded). ``cpu`` is the process CPU time over wall time
-divided by the thread count during the timed runs (well below 100 % means the machine was
-busy and the cell is unreliable).
+* ``infer``: eval mode, ``torch.no_grad()``, ``--warmup`` untimed forwards (default 3), then the
+  median of ``--repeats`` timed forwards (default 5).
+* ``train``: train mode, drop path 0, one step = forward, ``loss = sum over the outputs of
+  mean(out ** 2)``, ``loss.backward()`` (``--zero-grad``: ``model.zero_grad(set_to_none=True)``
+  before every step; otherwise gradients accumulate, as in the baseline of issue 10); default
+  1 warm-up step and the best of 2 timed steps.
+
+Inputs (``--sizes``):
+
+* ``224``: classifier (backbone + global average pool + Linear(C, 1000)), batch 8.
+* ``800x1344`` and ``512x512``: backbone only (all four stage outputs, as in Mask R-CNN and
+  UperNet); ``swin-*`` is mmdet's ``SwinTransformer`` as in mmdet's Swin Mask R-CNN config
+  (mmpretrain's at 224). Batch: inference 1 (800x1344) / 4 (512x512), training 2 / 4.
+* any other ``N`` (classifier at NxN, batch 8) or ``HxW`` (dense backbone, batch 1 / 2), e.g.
+  ``64x64`` for a smoke run of the tiny archs.
+
+Columns: ``s/step`` (one forward, or one fwd+bwd step, of the whole batch); ``time vs Swin-T``
+(seconds per image over Swin-T's in the same mode and input, > 1 = slower); ``GMac``: multiply-adds
+of one step, counted by :mod:`mmsgformer.analysis.flops` on the cell's model and input (a train
+step counts as 3x the forward's: forward, plus backward to the inputs and to the weights);
+``GMac/s = GMac / s/step``. Memory: ``peak MiB`` is the process's peak RSS (``VmHWM``) during the
+warm-up and timed steps; the high-water mark is reset right after the model and input are built,
+and ``growth MiB`` is that peak minus the RSS at that moment (model weights and the
+Python/torch/mm* import baseline excluded; gradients and everything the steps allocate
+included). ``cpu`` is the process CPU time over wall time divided by the thread count during the
+timed steps; a row under 90% is flagged ``!`` (the machine was busy: its times are unreliable).
 
 Usage::
 
-    python tools/benchmark.py                                  # full table (several minutes)
+    python tools/benchmark.py                                  # full table (about 40 minutes)
+    python tools/benchmark.py --modes train --sizes 512x512 --models sgformer-s swin-t
+    python tools/benchmark.py --modes train --sizes 800x1344 --models sgformer-s swin-t --with-cp
     python tools/benchmark.py --models sgformer-s swin-t --sizes 224 --repeats 3
     python tools/benchmark.py --models sgformer-tiny --sizes 224 --batch 1 --repeats 1 --warmup 0
-    python tools/benchmark.py --profile sgformer-s --sizes 224      # top ops (torch.profiler)
+    python tools/benchmark.py --profile sgformer-s --modes train --sizes 800x1344 --batch 1
 """
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
 import time
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 THREADS = 2
 RESULT_TAG = 'BENCHMARK_RESULT '
+REFERENCE = 'swin-t'
+CPU_FLAG = 0.9  # rows whose cpu share is below this are flagged
+TRAIN_MAC_FACTOR = 3  # multiply-adds of forward + backward, in forwards
 
 # name -> (family, arch) ; built by _build_backbone
 MODELS: Dict[str, Tuple[str, str]] = {
@@ -52,57 +73,89 @@ MODELS: Dict[str, Tuple[str, str]] = {
     'swin-tiny-test': ('swin', 'tiny-test'),
     'focal-tiny-test': ('focal', 'tiny-test'),
 }
+MODES = ('infer', 'train')
+SIZES: Dict[str, Tuple[int, int]] = {'224': (224, 224), '800x1344': (800, 1344),
+                                     '512x512': (512, 512)}  # the table's inputs
+DEFAULT_SIZES = {'infer': ['224', '800x1344'], 'train': ['800x1344', '512x512']}
+DEFAULT_BATCH = {('infer', '224'): 8, ('infer', '800x1344'): 1, ('infer', '512x512'): 4,
+                 ('train', '224'): 8, ('train', '800x1344'): 2, ('train', '512x512'): 4}
+# (warm-up, repeats, statistic) of each mode
+DEFAULT_TIMING = {'infer': (3, 5, 'median'), 'train': (1, 2, 'best')}
 DEFAULT_224 = ['sgformer-s', 'sgformer-m', 'sgformer-b', 'swin-t', 'swin-s', 'swin-b',
                'focal-t', 'focal-s', 'focal-b']
 DEFAULT_DET = ['sgformer-s', 'swin-t', 'focal-t']
-SIZES = {'224': ((224, 224), 8), '800x1344': ((800, 1344), 1)}
+DEFAULT_TRAIN = ['sgformer-s', 'sgformer-m', 'sgformer-b', 'swin-t', 'swin-s', 'swin-b',
+                 'focal-t']
 
 # a 2-stage-pair SG-Former small enough for smoke tests (even depths in stages 1-3)
 SGFORMER_TINY = dict(embed_dims=[16, 32, 64, 128], num_heads=[2, 2, 4, 4], depths=[2, 2, 2, 1])
 SWIN_TINY_TEST = dict(embed_dims=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 2, 2])
 FOCAL_TINY_TEST = dict(embed_dims=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 2, 2])
+# mmdet's Swin (configs/swin/mask-rcnn_swin-*-p4-w7_fpn_*.py): embed_dims, depths, num_heads
+MMDET_SWIN = {'tiny': (96, [2, 2, 6, 2], [3, 6, 12, 24]),
+              'small': (96, [2, 2, 18, 2], [3, 6, 12, 24]),
+              'base': (128, [2, 2, 18, 2], [4, 8, 16, 32]),
+              'tiny-test': (16, [1, 1, 1, 1], [1, 1, 2, 2])}
 
 
-def _build_backbone(family: str, arch: str, dense: bool, img_hw: Tuple[int, int]):
-    """The backbone; ``dense`` = all four outputs (detection), else the last stage only."""
+def parse_size(token: str) -> Tuple[Tuple[int, int], bool]:
+    """``'N'`` -> classifier at NxN; ``'HxW'`` -> dense backbone at HxW. Returns ``((H, W), dense)``."""
+    parts = token.split('x')
+    if len(parts) not in (1, 2) or not all(p.isdigit() and int(p) >= 32 for p in parts):
+        raise ValueError(f'size {token!r} must be N (classifier, NxN) or HxW (dense backbone), '
+                         f'each >= 32')
+    return (int(parts[0]), int(parts[-1])), len(parts) == 2
+
+
+def default_batch(mode: str, token: str) -> int:
+    """Batch of a cell: :data:`DEFAULT_BATCH`, else classifier 8, dense infer 1 / train 2."""
+    if (mode, token) in DEFAULT_BATCH:
+        return DEFAULT_BATCH[(mode, token)]
+    if not parse_size(token)[1]:
+        return 8
+    return 1 if mode == 'infer' else 2
+
+
+def _build_backbone(family: str, arch: str, dense: bool, img_hw: Tuple[int, int],
+                    with_cp: bool = False):
+    """The backbone, drop path 0; ``dense`` = all four outputs (detection), else the last only."""
     out_indices = (0, 1, 2, 3) if dense else (3, )
     if family == 'sgformer':
-        from mmsgformer.models.sgformer import SGFormer
+        from mmsgformer import SGFormer
         a = dict(SGFORMER_TINY) if arch == 'tiny' else arch
         return SGFormer(arch=a, out_indices=out_indices, pretrain_img_size=224,
-                        mlp_ratio=2 if arch == 'tiny' else 4)
+                        mlp_ratio=2 if arch == 'tiny' else 4, drop_path_rate=0.,
+                        with_cp=with_cp)
     if family == 'focal':
-        from mmsgformer.models.focal_transformer import FocalTransformer
+        from mmsgformer import FocalTransformer
         a = dict(FOCAL_TINY_TEST) if arch == 'tiny-test' else arch
         # dense inputs: the border handling the detection/segmentation configs use
-        return FocalTransformer(arch=a, out_indices=out_indices,
-                                border_mode='masked' if dense else 'official')
+        return FocalTransformer(arch=a, out_indices=out_indices, drop_path_rate=0.,
+                                border_mode='masked' if dense else 'official', with_cp=with_cp)
     if family == 'swin':
         if dense:
-            # mmdet's Swin as in configs/swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py
             from mmdet.models.backbones import SwinTransformer
-            dims = {'tiny': (96, [2, 2, 6, 2], [3, 6, 12, 24]),
-                    'small': (96, [2, 2, 18, 2], [3, 6, 12, 24]),
-                    'base': (128, [2, 2, 18, 2], [4, 8, 16, 32]),
-                    'tiny-test': (16, [1, 1, 1, 1], [1, 1, 2, 2])}[arch]
-            return SwinTransformer(embed_dims=dims[0], depths=dims[1], num_heads=dims[2],
+            dims, depths, heads = MMDET_SWIN[arch]
+            return SwinTransformer(embed_dims=dims, depths=depths, num_heads=heads,
                                    window_size=7, mlp_ratio=4, qkv_bias=True,
-                                   drop_path_rate=0.2, patch_norm=True,
+                                   drop_path_rate=0., patch_norm=True, with_cp=with_cp,
                                    out_indices=out_indices, convert_weights=False)
         from mmpretrain.models import SwinTransformer
         a = dict(SWIN_TINY_TEST) if arch == 'tiny-test' else arch
-        return SwinTransformer(arch=a, img_size=img_hw, out_indices=out_indices)
+        return SwinTransformer(arch=a, img_size=img_hw, out_indices=out_indices,
+                               drop_path_rate=0., with_cp=with_cp)
     raise ValueError(f'unknown model family {family!r}')
 
 
-def build_model(name: str, dense: bool, img_hw: Tuple[int, int]):
-    """``dense=False``: backbone + GAP + Linear(C, 1000); ``dense=True``: backbone only."""
+def build_model(name: str, dense: bool, img_hw: Tuple[int, int], with_cp: bool = False):
+    """``dense=False``: backbone + GAP + Linear(C, 1000) -> (B, 1000) logits; ``dense=True``:
+    backbone only -> four (B, C_i, H/2^(i+2), W/2^(i+2)) maps. In eval mode."""
     import torch
     import torch.nn as nn
     if name not in MODELS:
         raise ValueError(f'model {name!r} is not one of {sorted(MODELS)}')
-    backbone = _build_backbone(*MODELS[name], dense=dense, img_hw=img_hw)
-    backbone.eval()
+    backbone = _build_backbone(*MODELS[name], dense=dense, img_hw=img_hw, with_cp=with_cp)
+    backbone.eval()  # not chained: mmdet's SwinTransformer.train() returns None
     if dense:
         return backbone
 
@@ -122,31 +175,49 @@ def build_model(name: str, dense: bool, img_hw: Tuple[int, int]):
     return Classifier(backbone, channels).eval()
 
 
+def make_step(model, x, mode: str, zero_grad: bool = False) -> Callable[[], None]:
+    """One timed unit: a no-grad forward (``infer``) or forward + backward (``train``).
+
+    The training loss is ``sum_i mean(out_i ** 2)`` over the model's outputs (the four stage
+    maps of a dense backbone, the logits of a classifier).
+    """
+    import torch
+    if mode == 'infer':
+        def step() -> None:
+            with torch.no_grad():
+                model(x)
+        return step
+    if mode != 'train':
+        raise ValueError(f'mode={mode!r} must be one of {MODES}')
+
+    def train_step() -> None:
+        if zero_grad:
+            model.zero_grad(set_to_none=True)
+        outs = model(x)
+        outs = (outs, ) if isinstance(outs, torch.Tensor) else outs
+        loss = sum(o.float().pow(2).mean() for o in outs)
+        loss.backward()
+    return train_step
+
+
+def forward_macs(model, x) -> int:
+    """Multiply-adds of one forward of ``model(x)`` (whole batch), traced in eval mode."""
+    from mmsgformer.analysis.flops import analyze_model
+    training = model.training
+    model.eval()
+    try:
+        return analyze_model(model, (x, ), backbone_name=None).flops
+    finally:
+        model.train(training)
+
+
 # --------------------------------------------------------------------------------------------
 # worker (runs in a fresh process)
 
 
-def _status_kib(field: str) -> Optional[int]:
-    try:
-        with open('/proc/self/status') as f:
-            for line in f:
-                if line.startswith(field + ':'):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-def _reset_peak() -> bool:
-    try:
-        with open('/proc/self/clear_refs', 'w') as f:
-            f.write('5')
-        return True
-    except OSError:
-        return False
-
-
 def run_worker(spec: dict) -> dict:
+    """Measure one cell described by ``spec`` (see :func:`cell_specs`); returns ``spec`` plus
+    ``step_s`` (the ``spec['stat']`` of ``times``), memory, cpu share, params and GMac."""
     import gc
 
     import torch
@@ -154,37 +225,39 @@ def run_worker(spec: dict) -> dict:
     # import every codebase in every worker so baselines are comparable
     import mmdet.models  # noqa: F401
     import mmpretrain.models  # noqa: F401
+
     import mmsgformer  # noqa: F401
+    from mmsgformer.utils import PeakRSS
     torch.manual_seed(0)
     hw = tuple(spec['size'])
-    model = build_model(spec['model'], spec['dense'], hw)
-    model.eval()  # not chained: mmdet's SwinTransformer.train() returns None
+    mode = spec.get('mode', 'infer')
+    model = build_model(spec['model'], spec['dense'], hw, with_cp=spec.get('with_cp', False))
+    model.train(mode == 'train')
     x = torch.randn(spec['batch'], 3, *hw)
-    gc.collect()
-    # Reset the high-water mark first, then read the baseline: VmHWM >= the RSS read after it.
-    reset_ok = _reset_peak()
-    base_kib = _status_kib('VmRSS') or 0
+    step = make_step(model, x, mode, spec.get('zero_grad', False))
     times, utils = [], []
-    with torch.no_grad():
+    with PeakRSS() as mem:
         for _ in range(spec['warmup']):
-            model(x)
+            step()
         for _ in range(spec['repeats']):
             c0, t0 = time.process_time(), time.perf_counter()
-            model(x)
+            step()
             t1, c1 = time.perf_counter(), time.process_time()
             times.append(t1 - t0)
             utils.append((c1 - c0) / max(t1 - t0, 1e-9) / spec['threads'])
-    peak_kib = _status_kib('VmHWM') if reset_ok else None
-    if peak_kib is None:  # lifetime peak (includes construction) when the reset is unavailable
-        peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    # The kernel updates the high-water mark lazily (and reading /proc allocates a little after
-    # the reset), so VmHWM can read a few KiB under the baseline; the window's peak includes it.
-    peak_kib = max(peak_kib, base_kib)
-    params = sum(p.numel() for p in model.parameters())
-    return dict(spec, median_s=statistics.median(times), times=times,
-                cpu_util=statistics.median(utils), base_mib=base_kib / 1024,
-                peak_mib=peak_kib / 1024, growth_mib=(peak_kib - base_kib) / 1024,
-                peak_reset=reset_ok, params_m=params / 1e6)
+    stat = spec.get('stat', 'median')
+    step_s = min(times) if stat == 'best' else statistics.median(times)
+    res = dict(spec, step_s=step_s, times=times, cpu_util=statistics.median(utils),
+               base_mib=mem.base_mib, peak_mib=mem.peak_mib, growth_mib=mem.growth_mib,
+               peak_reset=mem.reset_ok, params_m=sum(p.numel() for p in model.parameters()) / 1e6)
+    if spec.get('gmac', True):
+        model.zero_grad(set_to_none=True)
+        gc.collect()
+        fwd = forward_macs(model, x)
+        factor = TRAIN_MAC_FACTOR if mode == 'train' else 1
+        res.update(gmac_fwd=fwd / 1e9, gmac_step=factor * fwd / 1e9,
+                   gmac_per_s=factor * fwd / 1e9 / step_s)
+    return res
 
 
 def measure(spec: dict, timeout: float) -> dict:
@@ -205,66 +278,138 @@ def measure(spec: dict, timeout: float) -> dict:
 # table
 
 
-def format_table(results: List[dict], reference: Dict[str, str]) -> str:
-    """One table; ratios are against ``reference[size]`` (Swin-T) measured in the same run."""
+def row_name(r: dict) -> str:
+    """The model column: the model name, ``+cp`` for a ``with_cp=True`` row."""
+    return r['model'] + ('+cp' if r.get('with_cp') else '')
+
+
+def _fmt(v: Optional[float], spec: str) -> str:
+    return 'n/a' if v is None else format(v, spec)
+
+
+def format_table(results: List[dict], reference: str = REFERENCE) -> str:
+    """One table of inference and training rows, with footnotes.
+
+    Ratios are against the ``reference`` model (Swin-T, without ``with_cp``) of the same mode and
+    input measured in the same run: ``time vs`` compares seconds per image (> 1 = slower),
+    ``growth vs`` the peak memory growth. Rows with a cpu share under 90% are marked ``!``.
+    """
     ref = {}
     for r in results:
-        if 'error' not in r and r['model'] == reference.get(r['size_name']):
-            ref[r['size_name']] = r
-    head = (f"{'model':<16} {'input':>9} {'batch':>5} {'img/s':>8} {'s/iter':>8} "
-            f"{'vs Swin-T':>9} {'peak MiB':>9} {'growth MiB':>10} {'growth vs Swin-T':>16} "
-            f"{'cpu':>5} {'params M':>9}")
+        if 'error' not in r and r['model'] == reference and not r.get('with_cp'):
+            ref[(r.get('mode', 'infer'), r['size_name'])] = r
+    short = 'Swin-T' if reference == 'swin-t' else reference
+    head = (f"{'model':<18} {'mode':<5} {'input':>9} {'batch':>5} {'img/s':>8} {'s/step':>8} "
+            f"{'time vs ' + short:>14} {'GMac':>9} {'GMac/s':>8} {'peak MiB':>9} "
+            f"{'growth MiB':>10} {'growth vs ' + short:>16} {'cpu':>5} {'params M':>9}")
     lines = [head, '-' * len(head)]
+    flagged = train_rows = 0
     for r in results:
+        mode = r.get('mode', 'infer')
         if 'error' in r:
-            lines.append(f"{r['model']:<16} {r['size_name']:>9} {r['batch']:>5}  "
+            lines.append(f"{row_name(r):<18} {mode:<5} {r['size_name']:>9} {r['batch']:>5}  "
                          f"FAILED: {r['error']}")
             continue
-        ips = r['batch'] / r['median_s']
-        rr = ref.get(r['size_name'])
-        speed = f"{ips / (rr['batch'] / rr['median_s']):.2f}x" if rr else 'n/a'
+        train_rows += mode == 'train'
+        per_img = r['step_s'] / r['batch']
+        rr = ref.get((mode, r['size_name']))
+        speed = f"{per_img / (rr['step_s'] / rr['batch']):.2f}x" if rr else 'n/a'
         mem = (f"{r['growth_mib'] / rr['growth_mib']:.2f}x"
                if rr and rr['growth_mib'] > 0 else 'n/a')
-        lines.append(f"{r['model']:<16} {r['size_name']:>9} {r['batch']:>5} {ips:>8.2f} "
-                     f"{r['median_s']:>8.3f} {speed:>9} {r['peak_mib']:>9.0f} "
-                     f"{r['growth_mib']:>10.0f} {mem:>16} {100 * r['cpu_util']:>4.0f}% "
-                     f"{r['params_m']:>9.2f}")
-    return '\n'.join(lines)
+        low = r['cpu_util'] < CPU_FLAG
+        flagged += low
+        cpu = f"{100 * r['cpu_util']:.0f}%" + ('!' if low else ' ')
+        lines.append(f"{row_name(r):<18} {mode:<5} {r['size_name']:>9} {r['batch']:>5} "
+                     f"{1 / per_img:>8.3g} {r['step_s']:>8.4g} {speed:>14} "
+                     f"{_fmt(r.get('gmac_step'), '9.4g'):>9} "
+                     f"{_fmt(r.get('gmac_per_s'), '8.4g'):>8} {r['peak_mib']:>9.0f} "
+                     f"{r['growth_mib']:>10.0f} {mem:>16} {cpu:>6} {r['params_m']:>9.2f}")
+    notes = [f'GMac: multiply-adds of one step (mmsgformer.analysis.flops on the cell\'s model '
+             f'and input); GMac/s = GMac / s/step.']
+    if train_rows:
+        notes.append(f'train rows: GMac = {TRAIN_MAC_FACTOR}x the forward\'s multiply-adds '
+                     f'(forward + backward).')
+    if flagged:
+        notes.append(f'! cpu share under {100 * CPU_FLAG:.0f}%: the machine was busy during '
+                     f'that row ({flagged} row(s)); its times are unreliable.')
+    return '\n'.join(lines + [''] + notes)
 
 
-def profile(name: str, size_name: str, batch: Optional[int], repeats: int,
-            threads: int, rows: int) -> str:
-    """Top ops of ``repeats`` forwards by self CPU time (torch.profiler)."""
+def describe_protocol(results: Sequence[dict], threads: int) -> str:
+    """The header line: threads, and per mode the warm-up/repeats/statistic actually used."""
+    parts = []
+    for mode in MODES:
+        rows = [r for r in results if r.get('mode', 'infer') == mode]
+        if not rows:
+            continue
+        timing = sorted({(r['warmup'], r['repeats'], r.get('stat', 'median')) for r in rows})
+        how = ', '.join(f'{w} warm-up + {s} of {n}' for w, n, s in timing)
+        if mode == 'infer':
+            parts.append(f'infer rows: eval, no_grad, {how} forwards')
+        else:
+            zg = ', zero_grad before each step' if any(r.get('zero_grad') for r in rows) else ''
+            parts.append(f'train rows: train mode, drop path 0, loss = sum of mean squares of '
+                         f'the outputs, backward{zg}, {how} steps')
+    return (f'CPU benchmark: torch.set_num_threads({threads}), one fresh process per row; '
+            + '; '.join(parts))
+
+
+# --------------------------------------------------------------------------------------------
+# profile
+
+
+def profile(name: str, mode: str, size_name: str, batch: Optional[int], repeats: int,
+            threads: int, rows: int, with_cp: bool = False) -> str:
+    """Top ops of ``repeats`` steps (after one untimed step) by self CPU time (torch.profiler)."""
     import torch
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as tprofile
+
+    import mmsgformer  # noqa: F401
     torch.set_num_threads(threads)
-    hw, default_batch = SIZES[size_name]
-    dense = size_name != '224'
-    model = build_model(name, dense, hw)
-    model.eval()
-    x = torch.randn(batch or default_batch, 3, *hw)
-    with torch.no_grad():
-        model(x)
-        with tprofile(activities=[ProfilerActivity.CPU]) as prof:
-            for _ in range(repeats):
-                model(x)
-    return (f'{name} at {size_name}, batch {x.shape[0]}, {repeats} forwards, '
+    hw, dense = parse_size(size_name)
+    model = build_model(name, dense, hw, with_cp=with_cp)
+    model.train(mode == 'train')
+    x = torch.randn(batch or default_batch(mode, size_name), 3, *hw)
+    step = make_step(model, x, mode)
+    step()
+    with tprofile(activities=[ProfilerActivity.CPU], profile_memory=mode == 'train') as prof:
+        for _ in range(repeats):
+            step()
+    return (f'{name} {mode} at {size_name}, batch {x.shape[0]}, {repeats} step(s), '
             f'{threads} threads\n' +
             prof.key_averages().table(sort_by='self_cpu_time_total', row_limit=rows))
 
 
-def parse_args(argv=None):
+# --------------------------------------------------------------------------------------------
+# command line
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('--modes', nargs='+', default=list(MODES), choices=MODES,
+                   help='infer (no-grad forward) and/or train (forward + backward)')
     p.add_argument('--models', nargs='+',
-                   help=f'models to run (default: 224: {DEFAULT_224}; 800x1344: {DEFAULT_DET}); '
-                        f'choices: {sorted(MODELS)}')
-    p.add_argument('--sizes', nargs='+', default=['224', '800x1344'], choices=sorted(SIZES))
-    p.add_argument('--batch', type=int, help='override the batch size (224: 8, 800x1344: 1)')
-    p.add_argument('--warmup', type=int, default=3)
-    p.add_argument('--repeats', type=int, default=5)
+                   help=f'models to run (default: infer 224: {DEFAULT_224}; infer dense: '
+                        f'{DEFAULT_DET}; train: {DEFAULT_TRAIN}); choices: {sorted(MODELS)}')
+    p.add_argument('--sizes', nargs='+',
+                   help=f'inputs: N = classifier at NxN, HxW = dense backbone (default per '
+                        f'mode: {DEFAULT_SIZES})')
+    p.add_argument('--batch', type=int, help=f'override the batch sizes {DEFAULT_BATCH}')
+    p.add_argument('--warmup', type=int, help='untimed steps (default: infer 3, train 1)')
+    p.add_argument('--repeats', type=int, help='timed steps (default: infer 5, train 2)')
+    p.add_argument('--stat', choices=['median', 'best'],
+                   help='statistic of the timed steps (default: infer median, train best)')
+    p.add_argument('--zero-grad', action='store_true',
+                   help='train: model.zero_grad(set_to_none=True) before every step')
+    p.add_argument('--with-cp', action='store_true',
+                   help='train: also run every model with with_cp=True (rows named MODEL+cp)')
+    p.add_argument('--no-gmac', action='store_true',
+                   help='skip counting the multiply-adds (one traced forward per cell)')
+    p.add_argument('--reference', default=REFERENCE, choices=sorted(MODELS),
+                   help='the model the ratio columns compare with (default %(default)s)')
     p.add_argument('--threads', type=int, default=THREADS)
-    p.add_argument('--timeout', type=float, default=900., help='seconds per cell')
+    p.add_argument('--timeout', type=float, default=1800., help='seconds per cell')
     p.add_argument('--json', help='also write all results to this JSON file')
     p.add_argument('--profile', metavar='MODEL', help='print the top ops of MODEL and exit')
     p.add_argument('--profile-rows', type=int, default=25)
@@ -275,38 +420,66 @@ def parse_args(argv=None):
             p.error(f'--models: {name!r} is not one of {sorted(MODELS)}')
     if args.profile and args.profile not in MODELS:
         p.error(f'--profile: {args.profile!r} is not one of {sorted(MODELS)}')
-    if args.repeats < 1 or args.warmup < 0:
+    if (args.repeats is not None and args.repeats < 1) or (args.warmup or 0) < 0:
         p.error(f'--repeats={args.repeats} must be >= 1 and --warmup={args.warmup} >= 0')
+    for token in args.sizes or []:
+        try:
+            parse_size(token)
+        except ValueError as e:
+            p.error(f'--sizes: {e}')
+    if args.batch is not None and args.batch < 1:
+        p.error(f'--batch={args.batch} must be >= 1')
     return args
 
 
-def main(argv=None, emit: Callable[[str], None] = print) -> int:
+def cell_specs(args: argparse.Namespace) -> List[dict]:
+    """The cells to measure, in table order: per mode, per input, per model (+cp twins)."""
+    specs = []
+    for mode in args.modes:
+        warmup, repeats, stat = DEFAULT_TIMING[mode]
+        for size_name in args.sizes or DEFAULT_SIZES[mode]:
+            if args.models:
+                names = args.models
+            elif mode == 'train':
+                names = DEFAULT_TRAIN
+            else:
+                names = DEFAULT_224 if size_name == '224' else DEFAULT_DET
+            hw, dense = parse_size(size_name)
+            cps = [False, True] if args.with_cp and mode == 'train' else [False]
+            for name in names:
+                for cp in cps:
+                    specs.append(dict(
+                        model=name, mode=mode, size_name=size_name, size=list(hw),
+                        batch=args.batch or default_batch(mode, size_name),
+                        dense=dense, with_cp=cp,
+                        warmup=warmup if args.warmup is None else args.warmup,
+                        repeats=repeats if args.repeats is None else args.repeats,
+                        stat=args.stat or stat, zero_grad=args.zero_grad and mode == 'train',
+                        gmac=not args.no_gmac, threads=args.threads))
+    return specs
+
+
+def main(argv: Optional[Sequence[str]] = None, emit: Callable[[str], None] = print) -> int:
     args = parse_args(argv)
     if args.worker:
         emit(RESULT_TAG + json.dumps(run_worker(json.loads(args.worker))))
         return 0
     if args.profile:
-        for size_name in args.sizes:
-            emit(profile(args.profile, size_name, args.batch, args.repeats, args.threads,
-                         args.profile_rows))
+        for mode in args.modes:
+            for size_name in args.sizes or DEFAULT_SIZES[mode]:
+                emit(profile(args.profile, mode, size_name, args.batch, args.repeats or 1,
+                             args.threads, args.profile_rows, args.with_cp))
         return 0
     results = []
-    for size_name in args.sizes:
-        hw, batch = SIZES[size_name]
-        names = args.models or (DEFAULT_224 if size_name == '224' else DEFAULT_DET)
-        for name in names:
-            spec = dict(model=name, size_name=size_name, size=list(hw),
-                        batch=args.batch or batch, dense=size_name != '224',
-                        warmup=args.warmup, repeats=args.repeats, threads=args.threads)
-            t0 = time.perf_counter()
-            res = measure(spec, args.timeout)
-            print(f'# {name} @ {size_name}: '
-                  f"{res.get('error') or format(res['median_s'], '.3f') + ' s/iter'} "
-                  f'({time.perf_counter() - t0:.0f} s incl. start-up)', file=sys.stderr)
-            results.append(res)
-    emit(f'CPU benchmark: torch.set_num_threads({args.threads}), eval, no_grad, '
-         f'{args.warmup} warm-up + median of {args.repeats}; one fresh process per row')
-    emit(format_table(results, {'224': 'swin-t', '800x1344': 'swin-t'}))
+    for spec in cell_specs(args):
+        t0 = time.perf_counter()
+        res = measure(spec, args.timeout)
+        print(f"# {row_name(spec)} {spec['mode']} @ {spec['size_name']}: "
+              f"{res.get('error') or format(res['step_s'], '.3f') + ' s/step'} "
+              f'({time.perf_counter() - t0:.0f} s incl. start-up)', file=sys.stderr)
+        results.append(res)
+    emit(describe_protocol(results, args.threads))
+    emit(format_table(results, args.reference))
     if args.json:
         with open(args.json, 'w') as f:
             json.dump(results, f, indent=1)
