@@ -440,8 +440,8 @@ def test_gradcheck_masked_block():
 # --------------------------------------------------------------------------- errors
 @pytest.mark.parametrize('kwargs,match', [
     (dict(arch='huge'), "arch='huge'"),
-    (dict(arch=dict(embed_dims=16, depths=[1, 1, 1, 1])), 'must be exactly'),
-    (dict(arch=dict(TINY, window_size=7)), 'must be exactly'),
+    (dict(arch=dict(embed_dims=16, depths=[1, 1, 1, 1])), r"exactly the keys.*missing \['num_heads'\]"),
+    (dict(arch=dict(TINY, window_size=7)), r"exactly the keys.*unexpected \['window_size'\]"),
     (dict(arch=dict(embed_dims=16, depths=[1, 1, 1, 1], num_heads=[3, 2, 2, 2])),
      'not divisible'),
     (dict(arch=dict(embed_dims=16, depths=[1, 1], num_heads=[1, 1, 1])), 'same length'),
@@ -461,10 +461,12 @@ def test_bad_arguments(kwargs, match):
 
 def test_bad_inputs():
     model = FocalTransformer(arch=TINY).eval()
-    with pytest.raises(ValueError, match=r'\(B, C, H, W\)'):
+    with pytest.raises(ValueError, match=r'must be 4-D \(B, 3, H, W\)'):
         model(torch.randn(3, 64, 64))
-    with pytest.raises(ValueError, match='4 channels'):
+    with pytest.raises(ValueError, match='must have 3 channels'):
         model(torch.randn(1, 4, 64, 64))
+    with pytest.raises(ValueError, match='dtype torch.uint8'):
+        model(torch.zeros(1, 3, 64, 64, dtype=torch.uint8))
     with pytest.raises(ValueError, match='too small.*>= 32'):
         model(torch.randn(1, 3, 31, 64))
     assert FocalTransformer(arch=TINY, out_indices=(1, )).min_input_size == 8

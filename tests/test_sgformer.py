@@ -105,7 +105,7 @@ def test_float64_equals_official_path(size, batch):
         assert o.shape == r.shape
         assert (o - r).abs().max().item() < 1e-8
         assert r.abs().max().item() > 0.1  # non-trivial values
-    assert [(r.stage, r.block, r.sr_ratio) for r in records] == [(1, 0, 8), (2, 0, 4), (3, 0, 2)]
+    assert [(r.stage, r.block, r.sr_ratio) for r in records] == [(0, 0, 8), (1, 0, 4), (2, 0, 2)]
     for rec, m in zip(records, ref_maps):
         assert isinstance(rec, SignificanceRecord)
         assert rec.significance.shape == m.shape
@@ -176,7 +176,7 @@ def test_out_indices():
             model.load_state_dict(full.state_dict())
             outs = model(x)
             assert len(outs) == len(out_indices)
-            for o, i in zip(outs, out_indices):
+            for o, i in zip(outs, sorted(i % 4 for i in out_indices)):  # stage order
                 assert torch.equal(o, all_outs[i])
 
 
@@ -186,37 +186,167 @@ def test_padding_matches_masked_local_attention():
     attn = HybridScaleAttention(16, 2, 2).double().eval()
     H, W = 10, 9
     y = torch.randn(2, H * W, 16, dtype=torch.float64)
-    o2, s_local = attn._local(y, H, W)
-    q2 = attn.q2(y).view(2, H, W, 1, 8)
-    k2, v2 = attn.kv2(y).view(2, H, W, 2, 1, 8).unbind(3)
-    exp_s = torch.zeros(2, H, W, dtype=torch.float64)
-    exp_o = torch.zeros(2, H, W, 8, dtype=torch.float64)
-    for y0 in range(0, H, 7):
-        for x0 in range(0, W, 7):
-            sl = (slice(None), slice(y0, y0 + 7), slice(x0, x0 + 7))
-            q, k, v = (t[sl].flatten(1, 2)[:, :, 0] for t in (q2, k2, v2))
-            a = ((q @ k.transpose(1, 2)) * attn.scale).softmax(-1)  # real queries x real keys
-            hh, ww = q2[sl].shape[1:3]
-            exp_s[sl] = a.mean(1).view(2, hh, ww)
-            exp_o[sl] = (a @ v).view(2, hh, ww, 8)
-    assert torch.allclose(s_local, exp_s, atol=1e-14)
-    assert torch.allclose(o2.view(2, H, W, 8), exp_o, atol=1e-14)
+    for fast in (False, True):
+        attn.fast_path = fast
+        o2, s_local = attn.window_branch(torch.cat([attn.q2(y), attn.kv2(y)], -1), H, W)
+        q2 = attn.q2(y).view(2, H, W, 1, 8)
+        k2, v2 = attn.kv2(y).view(2, H, W, 2, 1, 8).unbind(3)
+        exp_s = torch.zeros(2, H, W, dtype=torch.float64)
+        exp_o = torch.zeros(2, H, W, 8, dtype=torch.float64)
+        for y0 in range(0, H, 7):
+            for x0 in range(0, W, 7):
+                sl = (slice(None), slice(y0, y0 + 7), slice(x0, x0 + 7))
+                q, k, v = (t[sl].flatten(1, 2)[:, :, 0] for t in (q2, k2, v2))
+                a = ((q @ k.transpose(1, 2)) * attn.scale).softmax(-1)  # real queries x keys
+                hh, ww = q2[sl].shape[1:3]
+                exp_s[sl] = a.mean(1).view(2, hh, ww)
+                exp_o[sl] = (a @ v).view(2, hh, ww, 8)
+        assert torch.allclose(s_local, exp_s, atol=1e-14)
+        assert torch.allclose(o2.view(2, H, W, 8), exp_o, atol=1e-14)
+
+
+@pytest.mark.parametrize('grad', [False, True])
+@pytest.mark.parametrize('padded', [False, True])
+def test_fast_attention_and_key_mass_equals_plain(monkeypatch, grad, padded):
+    """The fast attention (SDPA + chunked no-grad mass pass, or chunked inference) gives the
+    plain outputs, key masses and gradients, in several chunks with short last ones."""
+    from mmsgformer.models import fast_paths
+    from mmsgformer.models.attention import attention_and_key_mass
+    gen = torch.Generator().manual_seed(0)
+    Bt, g, Nq, Nk, d = 5, 2, 37, 23, 8
+    q, k, v = (torch.randn(Bt, g, n, d, dtype=torch.float64, generator=gen)
+               for n in (Nq, Nk, Nk))
+    bias = qmask = qcount = None
+    if padded:
+        keep = torch.rand(Bt, Nk, generator=gen) > 0.3
+        keep[:, 0] = True
+        bias = torch.zeros(Bt, 1, 1, Nk, dtype=torch.float64).masked_fill(
+            ~keep[:, None, None], float('-inf'))
+        qmask = (torch.rand(Bt, Nq, generator=gen) > 0.3).double()
+        qmask[:, 0] = 1
+        qcount = qmask.sum(1, keepdim=True)
+    monkeypatch.setattr(fast_paths, '_CHUNK_ELEMS', 2 * g * Nk * 3)  # 2 items x 3 rows
+    monkeypatch.setattr(fast_paths, '_CHUNK_INFERENCE_ABOVE', 0)
+    results = []
+    for fn in (attention_and_key_mass, fast_paths.attention_and_key_mass):
+        qs, ks, vs = (t.clone().requires_grad_(grad) for t in (q, k, v))
+        with torch.set_grad_enabled(grad):
+            o, mass = fn(qs, ks, vs, d ** -0.5, bias, qmask, qcount)
+        grads = ()
+        if grad:
+            grads = torch.autograd.grad((o * torch.linspace(-1, 1, o.numel(), dtype=o.dtype)
+                                         .view_as(o)).sum(), (qs, ks, vs))
+        assert not mass.requires_grad
+        results.append((o.detach(), mass, grads))
+    (o1, m1, g1), (o2, m2, g2) = results
+    assert (o1 - o2).abs().max().item() < 1e-13
+    assert (m1 - m2).abs().max().item() < 1e-15
+    assert m1.sum().item() == pytest.approx(Bt, abs=1e-12)  # each row of probabilities sums to 1
+    for a, b in zip(g1, g2):
+        assert (a - b).abs().max().item() < 1e-12
 
 
 def test_chunked_coarse_branch_equals_full(monkeypatch):
     """Large-input inference evaluates the coarse branch in query chunks: same outputs/map."""
-    from mmsgformer.models import attention as attn_mod
+    from mmsgformer.models import fast_paths
     torch.manual_seed(0)
     attn = HybridScaleAttention(32, 4, 4).double().eval()
     y = torch.randn(2, 20 * 28, 32, dtype=torch.float64)
     with torch.no_grad():
-        o_full, s_full = attn._coarse(y, 20, 28)
-        monkeypatch.setattr(attn_mod, '_GLOBAL_CHUNK_ELEMS', 64)
-        monkeypatch.setattr(attn_mod, '_CHUNK_ELEMS', 700)  # several chunks, a short last one
-        o_chunk, s_chunk = attn._coarse(y, 20, 28)
+        o_full, s_full = attn.coarse_branch(y, attn.q1(y), 20, 28)
+        monkeypatch.setattr(fast_paths, '_CHUNK_INFERENCE_ABOVE', 64)
+        monkeypatch.setattr(fast_paths, '_CHUNK_ELEMS', 700)  # several chunks, a short last one
+        o_chunk, s_chunk = attn.coarse_branch(y, attn.q1(y), 20, 28)
     assert torch.allclose(o_full, o_chunk, atol=1e-14, rtol=0)
     assert torch.allclose(s_full, s_chunk, atol=1e-15, rtol=0)
     assert s_full.shape == (2, 20, 28)
+
+
+def _weighted_loss(outs):
+    return sum((o * torch.linspace(-1, 1, o.numel(), dtype=o.dtype).view_as(o)).sum()
+               for o in outs)
+
+
+@pytest.mark.parametrize('size', [(64, 80), (224, 224)])
+def test_fast_path_training_equals_plain_path(size):
+    """float64, train mode: the fast paths (SDPA attention, recomputed FFN / stem / downsampling
+    activations, fused projections) give the plain path's outputs, maps and gradients."""
+    torch.manual_seed(0)
+    arch = dict(TINY) if size == (64, 80) else dict(MICRO)
+    plain = SGFormer(arch=arch, sga_impl='auto', fast_path=False).double().train()
+    plain.init_weights()
+    fast = SGFormer(arch=arch, sga_impl='auto').double().train()
+    fast.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 3, *size, dtype=torch.float64)
+    results = []
+    for m in (plain, fast):
+        xi = x.clone().requires_grad_(True)
+        outs, records = m(xi, return_significance=True)
+        _weighted_loss(outs).backward()
+        results.append(([o.detach() for o in outs], [r.significance for r in records], xi.grad,
+                        {k: p.grad.clone() for k, p in m.named_parameters()}))
+    (o1, s1, gx1, g1), (o2, s2, gx2, g2) = results
+    for a, b in zip(o1 + s1, o2 + s2):
+        assert (a - b).abs().max().item() < 1e-11
+    assert (gx1 - gx2).abs().max().item() < 1e-10
+    assert set(g1) == set(g2)
+    for k in g1:
+        assert (g1[k] - g2[k]).abs().max().item() < 1e-9 * (1 + g1[k].abs().max().item()), k
+    assert g1['patch_embed1.conv.2.bn.weight'].abs().sum() > 0
+
+
+def test_fast_path_inference_equals_plain_path():
+    """float64 eval: fused projections and image chunks (batch of 6 > 4) change nothing."""
+    torch.manual_seed(0)
+    plain = tiny(fast_path=False).double().eval()
+    plain.init_weights()
+    fast = tiny().double().eval()
+    fast.load_state_dict(plain.state_dict())
+    x = torch.randn(6, 3, 64, 64, dtype=torch.float64)
+    with torch.no_grad():
+        for a, b in zip(plain(x), fast(x)):
+            assert (a - b).abs().max().item() < 1e-12
+
+
+def _saved_bytes(model, x) -> int:
+    """Bytes of the distinct tensors autograd saves for backward in one forward."""
+    seen = {}
+
+    def pack(t):
+        seen[(t.untyped_storage().data_ptr(), t.dtype)] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        _weighted_loss(model(x))
+    return sum(seen.values())
+
+
+def test_fast_path_saves_less_for_backward():
+    """The training fast path stores far less for backward than the plain path (no attention
+    probabilities, no GELU input/output of the FFN, no normalized stem maps)."""
+    torch.manual_seed(0)
+    plain = SGFormer(arch=dict(MICRO), fast_path=False).train()
+    fast = SGFormer(arch=dict(MICRO)).train()
+    fast.load_state_dict(plain.state_dict())
+    x = torch.randn(1, 3, 224, 224)
+    saved_plain, saved_fast = _saved_bytes(plain, x), _saved_bytes(fast, x)
+    assert saved_fast < 0.6 * saved_plain, (saved_fast, saved_plain)
+
+
+def test_fast_path_recompute_functions_gradcheck():
+    """float64 gradcheck of the two recomputing autograd functions."""
+    from mmsgformer.models.fast_paths import _FFNTail, _NormActConv
+    gen = torch.Generator().manual_seed(0)
+
+    def rand(*shape):
+        return torch.randn(*shape, dtype=torch.float64, generator=gen).requires_grad_(True)
+
+    z, dww, dwb, w2, b2 = rand(1, 6, 4), rand(4, 1, 3, 3), rand(4), rand(3, 4), rand(3)
+    assert torch.autograd.gradcheck(lambda *a: _FFNTail.apply(a[0], 2, 3, *a[1:]),
+                                    (z, dww, dwb, w2, b2))
+    x, gw, gb, cw = rand(1, 4, 3, 4), rand(4), rand(4), rand(4, 1, 3, 3)
+    assert torch.autograd.gradcheck(
+        lambda x, gw, gb, cw: _NormActConv.apply(x, gw, gb, 1e-5, cw, 2, 1, 4), (x, gw, gb, cw))
 
 
 def test_rank_tokens_column_listing_is_an_order_over_row_major_tokens():
@@ -424,6 +554,8 @@ def test_forward_interpolates_pos_embed_for_other_grids():
     (dict(out_indices=(0, 4)), 'out_indices'),
     (dict(out_indices=(1, 1)), 'repeats'),
     (dict(out_indices=()), 'out_indices'),
+    (dict(out_indices=True), 'out_indices=True'),
+    (dict(out_indices=(0, True)), 'entry True'),
     (dict(frozen_stages=5), 'frozen_stages=5'),
     (dict(frozen_stages=-2), 'frozen_stages=-2'),
     (dict(sr_ratios=(8, 4, 3, 1)), 'sr_ratio=3'),
@@ -442,6 +574,7 @@ def test_bad_arguments(kwargs, match):
     (torch.randn(1, 1, 64, 64), 'must have 3 channels'),
     (torch.randn(1, 3, 31, 64), '>= 32'),
     (torch.randn(1, 3, 64, 16), '>= 32'),
+    (torch.zeros(1, 3, 64, 64, dtype=torch.uint8), 'dtype torch.uint8'),
 ])
 def test_bad_input(x, match):
     with pytest.raises(ValueError, match=match):

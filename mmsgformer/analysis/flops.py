@@ -192,6 +192,22 @@ def stage_of(child_name: str, zero_based: bool = False) -> Optional[int]:
     return int(m.group(1)) if m else None
 
 
+def _ladder_rows(backbone: nn.Module) -> Optional[Dict[str, str]]:
+    """Child name -> breakdown row (``stem``, ``stage1``..``stage4``) of a backbone with a
+    stage ladder (``stem`` and ``stages`` of :class:`~mmsgformer.models.SGFormer`), or
+    ``None`` for other backbones."""
+    stages = getattr(backbone, 'stages', None)
+    stem = getattr(backbone, 'stem', None)
+    if not isinstance(stages, list) or not isinstance(stem, nn.Module):
+        return None
+    row_of = {id(stem): 'stem'}
+    for i, stage in enumerate(stages):
+        for part in (stage.downsample, stage.blocks, stage.norm):
+            if part is not None:
+                row_of[id(part)] = f'stage{i + 1}'
+    return {n: row_of[id(m)] for n, m in backbone.named_children() if id(m) in row_of}
+
+
 def _module_parts(model: nn.Module, backbone_name: Optional[str]) -> List[Tuple[str, List[str]]]:
     """Group module names into breakdown rows: ``[(row name, [module names])]``.
 
@@ -214,6 +230,11 @@ def _module_parts(model: nn.Module, backbone_name: Optional[str]) -> List[Tuple[
         prefix = f'{name}.' if name else ''
         label = name or 'backbone'
         children = dict(child.named_children())
+        ladder = _ladder_rows(child)  # SG-Former: its stage ladder names the parts
+        if ladder is not None:
+            for cname in children:
+                add(f'{label}.{ladder.get(cname, cname)}', f'{prefix}{cname}')
+            continue
         zero_based = 'stages' in children or 'layers' in children
         for cname, sub in children.items():
             if isinstance(sub, (nn.ModuleList, nn.Sequential)) and cname in ('stages', 'layers'):

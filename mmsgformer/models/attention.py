@@ -3,27 +3,26 @@
 Every module takes the block's normalized tokens ``y (B, N, C)`` (row-major, ``N = H*W``), the
 grid ``H, W`` and the incoming significance map, and returns ``(out (B, N, C), map or None)``.
 The output is ``proj(attention_output + lepe)`` with ``lepe = lepe_conv(lepe_linear(y))``
-(spec §3). Parameter names and registration order follow the official code (spec §15).
+(design §3). Parameter names and registration order follow the official code (design §15).
+
+The modules spell out the plain computation; the faster ways to compute the same thing (fused
+projections, flash-style attention with a chunked significance pass) live in
+:mod:`mmsgformer.models.fast_paths` and are called at the marked places.
 """
 from functools import lru_cache
-from typing import List, Optional, Sequence, Tuple
+from typing import Optional, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from mmsgformer.ops import IMPLS, group_sizes_for, segment_layout, sg_aggregate
+from . import fast_paths
 from .blocks import map_to_tokens, tokens_to_map
 from .significance import (global_significance, local_significance, rank_tokens,
                            window_query_weights)
 
-WINDOW_SIZE = 7  # hard-coded in every stage of the official code (spec Q1)
-
-# Above this many attention-score elements the coarse HSA branch is evaluated in query chunks
-# when no gradient is needed (large detection/segmentation inputs); never at 224/448 with
-# ordinary batches, so the official operation order is kept there.
-_GLOBAL_CHUNK_ELEMS = 1 << 24
-_CHUNK_ELEMS = 1 << 19  # probabilities per chunk in that case (2 MiB in float32)
+WINDOW_SIZE = 7  # hard-coded in every stage of the official code (design Q1)
 
 
 def _check_heads(dim: int, num_heads: int, groups: int = 1) -> int:
@@ -35,39 +34,35 @@ def _check_heads(dim: int, num_heads: int, groups: int = 1) -> int:
     return dim // num_heads
 
 
-# GEMMs narrower than this are left unfused: MKL runs them with other kernels whose float32
-# rounding differs from the wide GEMM (it would change the first, bitwise-official map of tiny
-# archs); from this width on the fused GEMM gives each column bitwise the same value.
-_MIN_FUSED_WIDTH = 16
+def attention_and_key_mass(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
+                           key_bias: Optional[torch.Tensor] = None,
+                           query_mask: Optional[torch.Tensor] = None,
+                           query_counts: Optional[torch.Tensor] = None
+                           ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Softmax attention and the mean probability each key receives (plain computation).
 
+    Args:
+        q: ``(Bt, g, Nq, d)`` queries; ``k, v``: ``(Bt, g, Nk, d)``.
+        scale: score scale (``d ** -0.5``).
+        key_bias: additive score bias broadcastable to ``(Bt, 1, 1, Nk)``: ``-inf`` on padded
+            keys, else 0; ``None``: no padding.
+        query_mask, query_counts: ``(Bt, Nq)`` 1 for real queries / ``(Bt, 1)`` their number,
+            when the queries include padding; ``None``: every query counts.
 
-def _fused_projections(module: nn.Module, y: torch.Tensor, names: Sequence[str],
-                       merge_last: int = 1) -> Optional[List[torch.Tensor]]:
-    """The ``nn.Linear`` children ``names`` of ``module`` applied to the same ``y (B, N, C)`` as
-    one GEMM; returns their outputs (column views of one buffer), or ``None`` when the layers
-    should run separately (autograd enabled, a layer without bias, or a narrow layer). The last
-    ``merge_last`` outputs come back as one view of their adjacent columns.
-
-    The concatenated weight and bias are cached on ``module`` (not registered, so the state
-    dict is unchanged) and rebuilt when a parameter is replaced or modified in place.
+    Returns:
+        ``(o (Bt, g, Nq, d), mass (Bt, Nk))``: ``mass`` is the probability tensor (detached)
+        averaged over heads, then over the (real) queries, in the official operation order.
     """
-    if torch.is_grad_enabled():
-        return None
-    layers = [getattr(module, n) for n in names]
-    if any(m.bias is None or m.out_features < _MIN_FUSED_WIDTH for m in layers):
-        return None
-    params = [p for m in layers for p in (m.weight, m.bias)]
-    key = (tuple(names), ) + tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params)
-    cache = module.__dict__.setdefault('_fused_cache', {})
-    entry = cache.get(names)
-    if entry is None or entry[0] != key:
-        entry = (key, torch.cat([m.weight for m in layers]), torch.cat([m.bias for m in layers]))
-        cache[names] = entry
-    out = F.linear(y, entry[1], entry[2])
-    widths = [m.out_features for m in layers]
-    if merge_last > 1:
-        widths = widths[:-merge_last] + [sum(widths[-merge_last:])]
-    return list(out.split(widths, dim=-1))
+    attn = (q @ k.transpose(-2, -1)).mul_(scale)  # scaled in place: the official rounding
+    if key_bias is not None:
+        attn = attn + key_bias
+    attn = attn.softmax(dim=-1)
+    p = attn.detach().mean(1)
+    if query_mask is None:
+        mass = p.mean(1)
+    else:
+        mass = (p * query_mask[:, :, None]).sum(1) / query_counts
+    return attn @ v, mass
 
 
 class _LePEProj(nn.Module):
@@ -79,17 +74,13 @@ class _LePEProj(nn.Module):
         self.lepe_conv = nn.Conv2d(dim, dim, 3, 1, 1, groups=dim)
         self.proj = nn.Linear(dim, dim)
 
-    def _lepe(self, y: torch.Tensor, H: int, W: int,
-              lin: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """``(B, N, C)``: ``lepe_conv(lin)`` with ``lin = lepe_linear(y)`` unless given (a fresh
-        tensor)."""
-        if lin is None:
-            lin = self.lepe_linear(y)
+    def _lepe(self, lin: torch.Tensor, H: int, W: int) -> torch.Tensor:
+        """``lepe_conv(lin)`` for ``lin = lepe_linear(y) (B, N, C)``: a fresh ``(B, N, C)``."""
         return map_to_tokens(self.lepe_conv(tokens_to_map(lin, H, W)))
 
-    def _tail(self, o: torch.Tensor, y: torch.Tensor, H: int, W: int,
-              lin: Optional[torch.Tensor] = None) -> torch.Tensor:
-        return self.proj(self._lepe(y, H, W, lin).add_(o))
+    def _tail(self, o: torch.Tensor, lin: torch.Tensor, H: int, W: int) -> torch.Tensor:
+        """``proj(o + lepe_conv(lin))``, all ``(B, N, C)``."""
+        return self.proj(self._lepe(lin, H, W).add_(o))
 
 
 def _window_partition(x: torch.Tensor, H: int, W: int, window: int) -> torch.Tensor:
@@ -123,7 +114,7 @@ def _key_mask_cpu(H: int, W: int, window: int) -> torch.Tensor:
 
 
 class HybridScaleAttention(_LePEProj):
-    """Hybrid-scale attention (spec §5): heads split into a coarse and a window group.
+    """Hybrid-scale attention (design §5): heads split into a coarse and a window group.
 
     * heads ``0..g-1``: queries of all tokens attend to ``sr``-aggregated tokens
       (``r x r`` strided conv, LayerNorm eps 1e-5, GELU);
@@ -153,96 +144,70 @@ class HybridScaleAttention(_LePEProj):
         self.kv2 = nn.Linear(dim, dim, bias=qkv_bias)
         self._build_tail(dim)
 
-    def _coarse(self, y: torch.Tensor, H: int, W: int, q1: Optional[torch.Tensor] = None
-                ) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Coarse heads: ``(o1 (B, N, C/2), global significance (B, H, W))``; ``q1`` is
-        ``self.q1(y)`` when precomputed."""
-        B, N, C = y.shape
-        g, d = self.num_heads // 2, self.head_dim
-        q1 = (self.q1(y) if q1 is None else q1).reshape(B, N, g, d).transpose(1, 2)
-        x = self.sr(tokens_to_map(y, H, W))
-        Hr, Wr = x.shape[-2:]
-        x = self.act(self.norm(map_to_tokens(x)))
-        kv = self.kv1(x).reshape(B, Hr * Wr, 2, g, d).permute(2, 0, 3, 1, 4)
-        k1, v1 = kv[0], kv[1]
-        Nk = Hr * Wr
-        if torch.is_grad_enabled() or B * g * N * Nk <= _GLOBAL_CHUNK_ELEMS:
-            # (q k^T) * scale, scaled in place: same rounding as the official code
-            attn = (q1 @ k1.transpose(-2, -1)).mul_(self.scale)
-            attn = attn.softmax(dim=-1)
-            o1 = (attn @ v1).transpose(1, 2).reshape(B, N, C // 2)
-            sig = global_significance(attn.detach(), (Hr, Wr), (H, W))
-            return o1, sig
-        # Inference on large inputs: the same math with queries in cache-sized chunks, so the
-        # (N, Nk) probabilities are never materialized (memory) and stay in cache (speed).
-        chunk = max(1, _CHUNK_ELEMS // (B * g * Nk))
-        kt = k1.transpose(-2, -1)
-        o1 = y.new_empty(B, N, g, self.head_dim)
-        col_sum = y.new_zeros(B, g, Nk)
-        for s in range(0, N, chunk):
-            a = (q1[:, :, s:s + chunk] @ kt).mul_(self.scale).softmax(dim=-1)
-            o1[:, s:s + chunk] = (a @ v1).transpose(1, 2)
-            col_sum += a.sum(2)
-        s = (col_sum.mean(1) / N).reshape(B, 1, Hr, Wr)
-        sig = F.interpolate(s, size=(H, W), mode='nearest')[:, 0]
-        return o1.reshape(B, N, C // 2), sig
-
-    def _local(self, y: torch.Tensor, H: int, W: int, q2: Optional[torch.Tensor] = None,
-               kv2: Optional[torch.Tensor] = None, q2kv2: Optional[torch.Tensor] = None
-               ) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Window heads: ``(o2 (B, N, C/2), local significance (B, H, W))``; ``q2, kv2`` are
-        ``self.q2(y), self.kv2(y)`` when precomputed, or ``q2kv2 (B, N, 3C/2)`` both side by
-        side (one fused GEMM output: then one window partition copies both)."""
-        B, N, C = y.shape
-        g, d, w = self.num_heads // 2, self.head_dim, WINDOW_SIZE
-        if q2kv2 is not None:
-            q2, kv2 = _window_partition(q2kv2, H, W, w).split([C // 2, C], -1)
-        else:
-            if q2 is None or kv2 is None:
-                q2, kv2 = self.q2(y), self.kv2(y)
-            q2, kv2 = _window_partition(q2, H, W, w), _window_partition(kv2, H, W, w)
-        nwin, L = q2.shape[:2]
-        q2 = q2.view(nwin, L, g, d).transpose(1, 2)
-        kv2 = kv2.view(nwin, L, 2, g, d).permute(2, 0, 3, 1, 4)
-        k2, v2 = kv2[0], kv2[1]
-        attn = (q2 @ k2.transpose(-2, -1)).mul_(self.scale)
-        padded = H % w != 0 or W % w != 0
-        qmask = qcount = None
-        if padded:
-            qmask = _key_mask_cpu(H, W, w).to(device=y.device, dtype=attn.dtype)
-            qcount = qmask.sum(1, keepdim=True)
-            nW = qmask.shape[0]
-            key_bias = torch.zeros_like(qmask).masked_fill(qmask == 0, float('-inf'))
-            attn = (attn.view(B, nW, g, L, L) + key_bias[None, :, None, None, :])
-            attn = attn.view(nwin, g, L, L)
-        attn = attn.softmax(dim=-1)
-        o2 = (attn @ v2).transpose(1, 2).reshape(nwin, L, C // 2)
-        o2 = _window_reverse(o2, B, H, W, w)
-        sig = local_significance(attn.detach(), B, H, W, w, qmask, qcount)
-        return o2, sig
-
     def forward(self, y: torch.Tensor, H: int, W: int,
                 significance: Optional[torch.Tensor] = None
                 ) -> Tuple[torch.Tensor, torch.Tensor]:
         """``y (B, H*W, C)`` -> ``(out (B, H*W, C), significance (B, H, W))``."""
-        fused = _fused_projections(self, y, ('q1', 'lepe_linear', 'q2', 'kv2'), merge_last=2)
-        if fused is None:
-            q1, lin = self.q1(y), self.lepe_linear(y)
-            o2, s_local = self._local(y, H, W)
-        else:
-            q1, lin, q2kv2 = fused
-            o2, s_local = self._local(y, H, W, q2kv2=q2kv2)
-        o1, s_global = self._coarse(y, H, W, q1)
+        # q1 = y W_q1, lepe input, [q2 | kv2] = y [W_q2 | W_kv2]  (one GEMM on the fast path)
+        q1, lin, q2kv2 = fast_paths.project(self, y, ('q1', ), ('lepe_linear', ), ('q2', 'kv2'))
+        o1, s_global = self.coarse_branch(y, q1, H, W)
+        o2, s_local = self.window_branch(q2kv2, H, W)
         # proj(cat([o1, o2]) + lepe), adding the halves into lepe in place (no concat buffer)
-        lepe = self._lepe(y, H, W, lin)
+        lepe = self._lepe(lin, H, W)
         half = self.dim // 2
         lepe[..., :half] += o1
         lepe[..., half:] += o2
         return self.proj(lepe), s_local + s_global
 
+    def coarse_branch(self, y: torch.Tensor, q1: torch.Tensor, H: int, W: int
+                      ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Coarse heads: every query attends to the ``sr``-aggregated tokens.
+
+        ``y (B, N, C)``, ``q1 (B, N, C/2)`` -> ``(o1 (B, N, C/2), global significance
+        (B, H, W))``.
+        """
+        B, N, C = y.shape
+        g, d = self.num_heads // 2, self.head_dim
+        q1 = q1.reshape(B, N, g, d).transpose(1, 2)
+        x = self.sr(tokens_to_map(y, H, W))
+        Hr, Wr = x.shape[-2:]
+        x = self.act(self.norm(map_to_tokens(x)))
+        k1, v1 = self.kv1(x).reshape(B, Hr * Wr, 2, g, d).permute(2, 0, 3, 1, 4)
+        attend = (fast_paths.attention_and_key_mass if fast_paths.use_fast_path(self)
+                  else attention_and_key_mass)
+        o1, mass = attend(q1, k1, v1, self.scale)
+        return (o1.transpose(1, 2).reshape(B, N, C // 2),
+                global_significance(mass, (Hr, Wr), (H, W)))
+
+    def window_branch(self, q2kv2: torch.Tensor, H: int, W: int
+                      ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Window heads: 7x7 window attention on full-resolution tokens.
+
+        ``q2kv2 (B, N, 3C/2)`` (``q2`` and ``kv2`` side by side: one window partition moves
+        both) -> ``(o2 (B, N, C/2), local significance (B, H, W))``.
+        """
+        B, N, _ = q2kv2.shape
+        C = self.dim
+        g, d, w = self.num_heads // 2, self.head_dim, WINDOW_SIZE
+        q2, kv2 = _window_partition(q2kv2, H, W, w).split([C // 2, C], -1)
+        nwin, L = q2.shape[:2]
+        q2 = q2.reshape(nwin, L, g, d).transpose(1, 2)
+        k2, v2 = kv2.reshape(nwin, L, 2, g, d).permute(2, 0, 3, 1, 4)
+        key_bias = qmask = qcount = None
+        if H % w or W % w:  # padded windows: mask padded keys, average over real queries
+            mask = _key_mask_cpu(H, W, w).to(device=q2.device, dtype=q2.dtype).repeat(B, 1)
+            qmask, qcount = mask, mask.sum(1, keepdim=True)
+            key_bias = torch.zeros_like(mask).masked_fill_(mask == 0, float('-inf'))
+            key_bias = key_bias[:, None, None, :]
+        attend = (fast_paths.attention_and_key_mass if fast_paths.use_fast_path(self)
+                  else attention_and_key_mass)
+        o2, mass = attend(q2, k2, v2, self.scale, key_bias, qmask, qcount)
+        o2 = _window_reverse(o2.transpose(1, 2).reshape(nwin, L, C // 2), B, H, W, w)
+        return o2, local_significance(mass, B, H, W, w)
+
 
 class SelfGuidedAttention(_LePEProj):
-    """Self-guided attention (spec §6): full-resolution queries, significance-aggregated keys.
+    """Self-guided attention (design §6): full-resolution queries, significance-aggregated keys.
 
     The tokens are ranked by ascending significance twice (row-major and column-major listing,
     two ``torch.sort`` calls); each ranking is cut into segments by
@@ -285,7 +250,7 @@ class SelfGuidedAttention(_LePEProj):
                                'preceding hybrid-scale block')
         B, N, C = y.shape
         h, g, d = self.num_heads, self.num_heads // 2, self.head_dim
-        q, lin = _fused_projections(self, y, ('q', 'lepe_linear')) or (self.q(y), None)
+        q, lin = fast_paths.project(self, y, ('q', ), ('lepe_linear', ))
         q = q.reshape(B, N, h, d).transpose(1, 2)
         order_row, order_col = rank_tokens(significance)
         layout = segment_layout(N, self.sr_ratio)
@@ -299,11 +264,11 @@ class SelfGuidedAttention(_LePEProj):
         v = torch.cat([kv1[1], kv2[1]], dim=1)
         o = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
         o = o.transpose(1, 2).reshape(B, N, C)
-        return self._tail(o, y, H, W, lin), None
+        return self._tail(o, lin, H, W), None
 
 
 class StandardAttention(_LePEProj):
-    """Global multi-head self-attention of stage 4 (spec §7).
+    """Global multi-head self-attention of stage 4 (design §7).
 
     ``forward(y (B, N, C), H, W, significance ignored)`` -> ``(out (B, N, C), None)``.
     """
@@ -321,13 +286,12 @@ class StandardAttention(_LePEProj):
                 significance: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, None]:
         B, N, C = y.shape
         h, d = self.num_heads, self.head_dim
-        q, kv, lin = (_fused_projections(self, y, ('q', 'kv', 'lepe_linear'))
-                      or (self.q(y), self.kv(y), None))
+        q, kv, lin = fast_paths.project(self, y, ('q', ), ('kv', ), ('lepe_linear', ))
         q = q.reshape(B, N, h, d).transpose(1, 2)
         kv = kv.reshape(B, N, 2, h, d).permute(2, 0, 3, 1, 4)
         o = F.scaled_dot_product_attention(q, kv[0], kv[1], scale=self.scale)
         o = o.transpose(1, 2).reshape(B, N, C)
-        return self._tail(o, y, H, W, lin), None
+        return self._tail(o, lin, H, W), None
 
 
 __all__ = ['HybridScaleAttention', 'SelfGuidedAttention', 'StandardAttention', 'WINDOW_SIZE']

@@ -1,59 +1,22 @@
 """Building blocks of SG-Former: conv+GroupNorm unit, stem, downsampling, FFN and the block.
 
-Module and parameter names follow the official code (spec §2, §4, §15) so official checkpoints
-load with ``strict=True``.
+Module and parameter names follow the official code (design §2, §4, §15) so official
+checkpoints load with ``strict=True``. The modules spell out the plain computation; the faster
+ways to compute the same thing live in :mod:`mmsgformer.models.fast_paths`.
 """
-from typing import List, Optional, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 
-
-# Inference on a batch runs the stem and the large FFNs (stage 1 at 224) a few images at a time:
-# the per-chunk intermediates stay in cache and the allocator reuses them instead of faulting in
-# fresh pages for every (B, ...) temporary. Convs, GroupNorm and GEMM rows are independent per
-# image; with the installed oneDNN/MKL the chunked results are bitwise those of the batched call.
-_IMAGES_PER_CHUNK = 4  # 1 or 2 save little more CPU time but add many small ops
-_MLP_SPLIT_ELEMS = 1 << 19  # hidden activations per image from which the FFN is split
-
-
-def _image_chunks(x: torch.Tensor) -> Optional[List[torch.Tensor]]:
-    """``x (B, ...)`` as chunks of ``_IMAGES_PER_CHUNK`` images when autograd is disabled and
-    ``B`` exceeds the chunk size; ``None`` otherwise (run the batch as a whole)."""
-    if x.shape[0] <= _IMAGES_PER_CHUNK or torch.is_grad_enabled():
-        return None
-    return list(x.split(_IMAGES_PER_CHUNK))
-
-
-class DropPath(nn.Module):
-    """Stochastic depth per sample: zero a residual branch with probability ``drop_prob``.
-
-    Surviving samples are scaled by ``1 / (1 - drop_prob)``. Identity in eval mode or when
-    ``drop_prob == 0``. Input of any shape ``(B, ...)``.
-    """
-
-    def __init__(self, drop_prob: float = 0.) -> None:
-        super().__init__()
-        if not 0. <= drop_prob < 1.:
-            raise ValueError(f'drop_prob={drop_prob} must be in [0, 1)')
-        self.drop_prob = float(drop_prob)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.drop_prob == 0. or not self.training:
-            return x
-        keep = 1. - self.drop_prob
-        shape = (x.shape[0], ) + (1, ) * (x.ndim - 1)
-        mask = x.new_empty(shape).bernoulli_(keep)
-        return x * mask / keep
-
-    def extra_repr(self) -> str:
-        return f'drop_prob={self.drop_prob}'
+from . import fast_paths
+from .common import DropPath
 
 
 class ConvGN(nn.Module):
     """Conv2d without bias followed by ``GroupNorm(1, C)``.
 
-    The official class is called ``Conv2d_BN`` and stores the GroupNorm under ``bn`` (spec Q3);
+    The official class is called ``Conv2d_BN`` and stores the GroupNorm under ``bn`` (design Q3);
     the sub-module names ``c`` and ``bn`` are kept for checkpoint compatibility.
     ``(B, C_in, H, W) -> (B, C_out, H', W')``.
     """
@@ -69,11 +32,31 @@ class ConvGN(nn.Module):
         return self.bn(self.c(x))
 
 
-class Head(nn.Module):
-    """Stem ``patch_embed1`` (official class ``Head``), output stride 4.
+def conv_gn_chain(units: Sequence[ConvGN], x: torch.Tensor) -> torch.Tensor:
+    """``units[-1](GELU(... GELU(units[0](x))))``: conv+GroupNorm units with GELU between them.
+
+    Plain path: module by module. Fast path (training): each ``GroupNorm -> GELU -> next conv``
+    is one :func:`~mmsgformer.models.fast_paths.norm_act_conv`, which stores only the conv
+    output before it; inference: GELUs in place.
+    """
+    first, rest = units[0], units[1:]
+    x = first.c(x)
+    for prev, unit in zip(units, rest):
+        fast = fast_paths.norm_act_conv(prev.bn, unit.c, x)
+        if fast is not None:
+            x = fast
+        elif not torch.is_grad_enabled() and fast_paths.use_fast_path(unit):
+            x = unit.c(torch.ops.aten.gelu_(prev.bn(x)))  # same values, one buffer less
+        else:
+            x = unit.c(nn.functional.gelu(prev.bn(x)))
+    return units[-1].bn(x)
+
+
+class ConvStem(nn.Module):
+    """The stem ``patch_embed1`` (official class ``Head``), output stride 4.
 
     Three 3x3 convs (strides 2, 1, 2) with GroupNorm, GELU between them, then a LayerNorm
-    (eps 1e-5, spec Q2) on the flattened tokens.
+    (eps 1e-5, design Q2) on the flattened tokens.
     ``(B, 3, Hi, Wi) -> ((B, H*W, C), H, W)`` with ``H = ceil(ceil(Hi / 2) / 2)``.
     """
 
@@ -92,26 +75,22 @@ class Head(nn.Module):
         # Dense convs in the official (contiguous NCHW) layout: channels-last picks other conv
         # algorithms whose float32 rounding flips near-ties of the later significance sort.
         x = x.contiguous()
-        chunks = _image_chunks(x)
-        if chunks is not None:
-            x = torch.cat([self._convs_inference(c) for c in chunks])
+        units = [self.conv[0], self.conv[2], self.conv[4]]
+        chunks = fast_paths.image_chunks(self, x)
+        if chunks is not None:  # inference on a batch: a few images at a time
+            x = torch.cat([conv_gn_chain(units, c) for c in chunks])
         else:
-            x = self.conv(x)
+            x = conv_gn_chain(units, x)
         _, _, H, W = x.shape
         x = self.norm(x.flatten(2).transpose(1, 2))
         return x, H, W
 
-    def _convs_inference(self, x: torch.Tensor) -> torch.Tensor:
-        """``self.conv(x)`` without autograd, GELUs in place (the same values, fewer buffers)."""
-        for m in self.conv:
-            x = torch.ops.aten.gelu_(x) if isinstance(m, nn.GELU) else m(x)
-        return x
 
+class ConvDownsample(nn.Module):
+    """Downsampling ``patch_embed{2,3,4}`` (official class ``PatchMerging``, but not Swin's):
+    1x1 conv, 3x3/2 depthwise conv, 1x1 conv.
 
-class PatchMerging(nn.Module):
-    """Downsampling ``patch_embed{2,3,4}``: 1x1 conv, 3x3/2 depthwise conv, 1x1 conv.
-
-    Each conv has a GroupNorm; GELU after the first two. No LayerNorm (spec §2.2).
+    Each conv has a GroupNorm; GELU after the first two. No LayerNorm (design §2.2).
     ``(B, C_in, H, W) -> ((B, H'*W', C_out), H', W')`` with ``H' = ceil(H / 2)``.
     """
 
@@ -124,8 +103,8 @@ class PatchMerging(nn.Module):
         self.conv3 = ConvGN(out_channels, out_channels, 1)
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, int, int]:
-        # official layout (contiguous NCHW), see Head.forward
-        x = self.conv3(self.act2(self.conv2(self.act1(self.conv1(x.contiguous())))))
+        # official layout (contiguous NCHW), see ConvStem.forward
+        x = conv_gn_chain([self.conv1, self.conv2, self.conv3], x.contiguous())
         _, _, H, W = x.shape
         return x.flatten(2).transpose(1, 2).contiguous(), H, W
 
@@ -155,26 +134,27 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden_dim, dim)
 
     def forward(self, x: torch.Tensor, H: int, W: int) -> torch.Tensor:
-        chunks = None
-        if x.shape[1] * self.fc1.out_features >= _MLP_SPLIT_ELEMS:
-            chunks = _image_chunks(x)
-        if chunks is not None:
+        chunks = fast_paths.image_chunks(self, x, x.shape[1] * self.fc1.out_features)
+        if chunks is not None:  # inference on a batch with a large FFN: a few images at a time
             return torch.cat([self._forward(c, H, W) for c in chunks])
         return self._forward(x, H, W)
 
     def _forward(self, x: torch.Tensor, H: int, W: int) -> torch.Tensor:
         z = self.fc1(x)
+        fast = fast_paths.ffn_tail(self, z, H, W)  # training: stores z only
+        if fast is not None:
+            return fast
         # in place on the conv output (autograd-safe: conv does not need its output)
-        z = self.dwconv(z, H, W).add_(z)
-        if torch.is_grad_enabled() and z.requires_grad:
-            z = self.act(z)
+        u = self.dwconv(z, H, W).add_(z)
+        if torch.is_grad_enabled() and u.requires_grad:
+            h = self.act(u)
         else:  # inference: no extra (B, N, 4C) buffer
-            z = torch.ops.aten.gelu_(z)
-        return self.fc2(z)
+            h = torch.ops.aten.gelu_(u)
+        return self.fc2(h)
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block shared by all three attention types (spec §4).
+    """Pre-norm transformer block shared by all three attention types (design §4).
 
     ``x = x + drop_path(attn(norm1(x))); x = x + drop_path(mlp(norm2(x)))``; one DropPath for both
     branches. ``attn`` is a hybrid-scale, self-guided or standard attention module.
@@ -215,5 +195,5 @@ def map_to_tokens(x: torch.Tensor) -> torch.Tensor:
     return x.permute(0, 2, 3, 1).reshape(B, H * W, C)
 
 
-__all__ = ['DropPath', 'ConvGN', 'Head', 'PatchMerging', 'DWConv', 'Mlp', 'Block',
+__all__ = ['ConvGN', 'conv_gn_chain', 'ConvStem', 'ConvDownsample', 'DWConv', 'Mlp', 'Block',
            'tokens_to_map', 'map_to_tokens']

@@ -16,27 +16,11 @@ from mmengine.registry import MODELS
 
 from .focal_attention import (BORDER_MODES, OFFICIAL_INDEX_BUFFERS, POOL_METHODS,
                               FocalAttention, FocalGeometry, focal_geometry)
+from .common import (DropPath, check_drop_path_rate, check_frozen_stages, check_image_batch,
+                     check_out_indices, select_arch)
 from .pretrained import PretrainedInitMixin
 
 _ARCH_KEYS = ('embed_dims', 'depths', 'num_heads')
-
-
-class DropPath(nn.Module):
-    """Stochastic depth per sample (identity in eval mode or with ``drop_prob=0``)."""
-
-    def __init__(self, drop_prob: float = 0.) -> None:
-        super().__init__()
-        self.drop_prob = float(drop_prob)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.drop_prob == 0. or not self.training:
-            return x
-        keep = 1. - self.drop_prob
-        mask = x.new_empty((x.shape[0], ) + (1, ) * (x.dim() - 1)).bernoulli_(keep)
-        return x * mask / keep
-
-    def extra_repr(self) -> str:
-        return f'drop_prob={self.drop_prob}'
 
 
 class Mlp(nn.Module):
@@ -304,7 +288,7 @@ class FocalTransformer(PretrainedInitMixin, BaseModule):
         self.window_size = window_size
         self.border_mode = border_mode
         self.focal_windows = tuple(focal_windows)
-        self.out_indices = self._parse_out_indices(out_indices)
+        self.out_indices = check_out_indices(out_indices, self.num_stages)
         self.frozen_stages = frozen_stages
         self.with_cp = with_cp
 
@@ -337,17 +321,7 @@ class FocalTransformer(PretrainedInitMixin, BaseModule):
     # ------------------------------------------------------------------ validation
     @classmethod
     def _parse_arch(cls, arch: Union[str, Dict]) -> Dict:
-        if isinstance(arch, str):
-            key = arch.lower()
-            if key not in cls.arch_zoo:
-                raise ValueError(f'arch={arch!r} is not one of {sorted(set(cls.arch_zoo))}; '
-                                 f'or pass a dict with keys {_ARCH_KEYS}')
-            return dict(cls.arch_zoo[key])
-        if not isinstance(arch, dict):
-            raise ValueError(f'arch={arch!r} must be a str or a dict with keys {_ARCH_KEYS}')
-        if set(arch) != set(_ARCH_KEYS):
-            raise ValueError(f'arch dict keys {sorted(arch)} must be exactly '
-                             f'{sorted(_ARCH_KEYS)}')
+        arch = select_arch(arch, cls.arch_zoo, _ARCH_KEYS, 'FocalTransformer')
         dims, depths, heads = arch['embed_dims'], arch['depths'], arch['num_heads']
         if not isinstance(dims, int) or isinstance(dims, bool) or dims < 1:
             raise ValueError(f"arch['embed_dims']={dims!r} must be a positive int")
@@ -386,26 +360,8 @@ class FocalTransformer(PretrainedInitMixin, BaseModule):
             raise ValueError(f'pool_method={pool_method!r} must be one of {POOL_METHODS}')
         if border_mode not in BORDER_MODES:
             raise ValueError(f'border_mode={border_mode!r} must be one of {BORDER_MODES}')
-        if not 0. <= drop_path_rate < 1.:
-            raise ValueError(f'drop_path_rate={drop_path_rate} must be in [0, 1)')
-        if not isinstance(frozen_stages, int) or not -1 <= frozen_stages <= self.num_stages:
-            raise ValueError(f'frozen_stages={frozen_stages!r} must be an int in '
-                             f'[-1, {self.num_stages}]')
-
-    def _parse_out_indices(self, out_indices: Union[int, Sequence[int]]) -> Tuple[int, ...]:
-        if isinstance(out_indices, int):
-            out_indices = (out_indices, )
-        if not isinstance(out_indices, (list, tuple)) or not out_indices:
-            raise ValueError(f'out_indices={out_indices!r} must be a non-empty sequence of ints')
-        parsed = []
-        for i in out_indices:
-            if not isinstance(i, int) or not -self.num_stages <= i < self.num_stages:
-                raise ValueError(f'out_indices entry {i!r} must be an int in '
-                                 f'[-{self.num_stages}, {self.num_stages - 1}]')
-            parsed.append(i % self.num_stages)
-        if len(set(parsed)) != len(parsed):
-            raise ValueError(f'out_indices={tuple(out_indices)} has repeated stages')
-        return tuple(sorted(parsed))
+        check_drop_path_rate(drop_path_rate)
+        check_frozen_stages(frozen_stages, self.num_stages)
 
     def stage_sizes(self, height: int, width: int) -> List[Tuple[int, int]]:
         """Token map ``(H_i, W_i)`` of every stage for an ``height x width`` input."""
@@ -472,12 +428,7 @@ class FocalTransformer(PretrainedInitMixin, BaseModule):
     # ------------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         """``(B, in_channels, H, W)`` -> tuple of ``(B, C_i, H_i, W_i)``, one per out index."""
-        if not isinstance(x, torch.Tensor) or x.dim() != 4:
-            raise ValueError(f'FocalTransformer expects a (B, C, H, W) tensor, got '
-                             f'{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x)}')
-        if x.shape[1] != self.in_channels:
-            raise ValueError(f'input has {x.shape[1]} channels, expected '
-                             f'in_channels={self.in_channels}')
+        check_image_batch(x, self.in_channels, 1, 'FocalTransformer')
         if min(x.shape[2:]) < self.min_input_size:
             raise ValueError(f'input size {x.shape[2]}x{x.shape[3]} is too small: every stage '
                              f'up to {max(self.out_indices)} needs a non-empty map, i.e. H, W '

@@ -1,5 +1,6 @@
 """SG-Former backbone (Ren et al., ICCV 2023) for mmpretrain, mmdet and mmsegmentation."""
 import math
+from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -12,7 +13,9 @@ from mmengine.registry import MODELS
 
 from mmsgformer.ops import IMPLS, group_sizes_for
 from .attention import HybridScaleAttention, SelfGuidedAttention, StandardAttention
-from .blocks import Block, Head, PatchMerging, tokens_to_map
+from .blocks import Block, ConvDownsample, ConvStem, tokens_to_map
+from .common import (check_drop_path_rate, check_frozen_stages, check_image_batch,
+                     check_out_indices, select_arch)
 from .pretrained import PretrainedInitMixin
 from .significance import SignificanceRecord
 
@@ -24,7 +27,7 @@ def sincos_pos_embed(dim: int, grid_h: int, grid_w: int) -> torch.Tensor:
 
     Token ``m = yy*grid_w + xx``; channels ``[0, dim/2)`` encode the column ``xx``, channels
     ``[dim/2, dim)`` the row ``yy``; each half is ``[sin(p*w_k), cos(p*w_k)]`` with
-    ``w_k = 10000^(-k/(dim/4))``, computed in float64 (spec §8).
+    ``w_k = 10000^(-k/(dim/4))``, computed in float64 (design §8).
     """
     if dim % 4 != 0:
         raise ValueError(f'embed_dims[0]={dim} must be divisible by 4 for the 2-D sin-cos '
@@ -71,6 +74,23 @@ def _as_pair(value: Union[int, Sequence[int]], name: str) -> Tuple[int, int]:
     return pair
 
 
+@dataclass
+class StageParts:
+    """The parts of one stage, held by the backbone under their official (checkpoint) names.
+
+    Attributes:
+        downsample: ``patch_embed{i+1}`` (:class:`ConvDownsample`); ``None`` for stage 0, whose
+            input comes from the stem ``patch_embed1``.
+        blocks: ``block{i+1}``: hybrid-scale / self-guided blocks alternating (stages 0-2), or
+            standard-attention blocks (stage 3).
+        norm: ``norm{i+1}``, the LayerNorm of the stage output.
+    """
+
+    downsample: Optional[ConvDownsample]
+    blocks: nn.ModuleList
+    norm: nn.LayerNorm
+
+
 @MODELS.register_module()
 class SGFormer(PretrainedInitMixin, BaseModule):
     """SG-Former backbone: "SG-Former: Self-guided Transformer with Evolving Token Reallocation".
@@ -92,13 +112,19 @@ class SGFormer(PretrainedInitMixin, BaseModule):
         drop_path_rate: stochastic depth rate, linear over all blocks. Default 0.
         pretrain_img_size: image size (int, or an ``(H, W)`` pair) the position table is built
             for; the table grid is ``size // 4``. Default 224 (a 56x56 table).
-        out_indices: stages (0-3) whose normalized outputs are returned. Default (0, 1, 2, 3).
-        frozen_stages: freeze the stem and ``pos_embed`` (0) and stages ``1..frozen_stages``
-            (blocks, downsampling and norm); -1 freezes nothing. Kept frozen by ``train()``.
+        out_indices: stages (0-3) whose normalized outputs are returned, in stage order.
+            Default (0, 1, 2, 3).
+        frozen_stages: -1 freezes nothing; 0 the stem and ``pos_embed``; ``k`` also stages
+            ``0..k-1`` (downsampling, blocks and norm). Kept frozen by ``train()``.
         with_cp: gradient checkpointing of every block (when the input requires grad).
+        fast_path: compute with the fast paths of :mod:`mmsgformer.models.fast_paths`
+            (default True: flash-style hybrid-scale attention and recomputed FFN/conv
+            activations in training, fused projections and chunking in inference); ``False``
+            runs the plain computation everywhere (the reference the fast paths are tested
+            against).
         sga_impl: ``'auto'``, ``'op'`` or ``'reference'``: implementation of
             :func:`mmsgformer.ops.sg_aggregate` used by the self-guided blocks.
-        init_cfg: ``None`` (official init, spec §10) or
+        init_cfg: ``None`` (official init, design §10) or
             ``dict(type='Pretrained', checkpoint=PATH[, prefix=...])``: an official training
             checkpoint (``state_dict_ema`` preferred), a converted one or a runner checkpoint.
 
@@ -129,7 +155,7 @@ class SGFormer(PretrainedInitMixin, BaseModule):
       possibly short (missing slots contribute nothing). This is the official rule at official
       sizes.
     * The significance map never crosses a stage boundary: depths of stages 1-3 must be even,
-      so every hybrid-scale block is followed by its self-guided block (official quirk Q5).
+      so every hybrid-scale block is followed by its self-guided block (design Q5).
     """
 
     arch_zoo: Dict[str, Dict[str, List[int]]] = {
@@ -162,6 +188,7 @@ class SGFormer(PretrainedInitMixin, BaseModule):
                  frozen_stages: int = -1,
                  with_cp: bool = False,
                  sga_impl: str = 'auto',
+                 fast_path: bool = True,
                  init_cfg: Optional[Union[dict, List[dict]]] = None) -> None:
         super().__init__(init_cfg=init_cfg)
         arch = self._parse_arch(arch)
@@ -171,15 +198,11 @@ class SGFormer(PretrainedInitMixin, BaseModule):
         self.sr_ratios = self._check_sr_ratios(sr_ratios)
         if not (isinstance(mlp_ratio, (int, float)) and mlp_ratio > 0):
             raise ValueError(f'mlp_ratio={mlp_ratio!r} must be a positive number')
-        if not (isinstance(drop_path_rate, (int, float)) and 0. <= drop_path_rate < 1.):
-            raise ValueError(f'drop_path_rate={drop_path_rate!r} must be in [0, 1)')
+        check_drop_path_rate(drop_path_rate)
         if sga_impl not in IMPLS:
             raise ValueError(f'sga_impl={sga_impl!r} must be one of {IMPLS}')
-        self.out_indices = self._check_out_indices(out_indices)
-        if (not isinstance(frozen_stages, int) or isinstance(frozen_stages, bool)
-                or not -1 <= frozen_stages <= self.num_stages):
-            raise ValueError(f'frozen_stages={frozen_stages!r} must be an int in [-1, 4] '
-                             f'(-1: none, 0: stem and pos_embed, i: also stages 1..i)')
+        self.out_indices = check_out_indices(out_indices, self.num_stages)
+        check_frozen_stages(frozen_stages, self.num_stages)
         self.frozen_stages = frozen_stages
         self.with_cp = bool(with_cp)
         self.sga_impl = sga_impl
@@ -187,50 +210,69 @@ class SGFormer(PretrainedInitMixin, BaseModule):
         self.pretrain_img_size = _as_pair(pretrain_img_size, 'pretrain_img_size')
         self.pos_grid = (self.pretrain_img_size[0] // 4, self.pretrain_img_size[1] // 4)
 
-        c1 = self.embed_dims[0]
-        self.pos_embed = nn.Parameter(sincos_pos_embed(c1, *self.pos_grid))
+        # Official names and registration order (design §15): pos_embed, then per stage
+        # patch_embed{i+1} (the stem for stage 0), block{i+1}, norm{i+1}. `stage(i)` lists them.
+        self.pos_embed = nn.Parameter(sincos_pos_embed(self.embed_dims[0], *self.pos_grid))
         dpr = torch.linspace(0, drop_path_rate, sum(self.depths), device='cpu').tolist()
-        cur = 0
         for i in range(self.num_stages):
-            dim, heads, r = self.embed_dims[i], self.num_heads[i], self.sr_ratios[i]
+            dim = self.embed_dims[i]
             if i == 0:
-                self.patch_embed1 = Head(dim)
+                self.patch_embed1 = ConvStem(dim)
             else:
-                setattr(self, f'patch_embed{i + 1}', PatchMerging(self.embed_dims[i - 1], dim))
-            blocks = nn.ModuleList()
-            for j in range(self.depths[i]):
-                if r == 1:
-                    attn = StandardAttention(dim, heads, qkv_bias)
-                elif j % 2 == 0:
-                    attn = HybridScaleAttention(dim, heads, r, qkv_bias)
-                else:
-                    attn = SelfGuidedAttention(dim, heads, r, qkv_bias, sga_impl)
-                blocks.append(Block(dim, attn, mlp_ratio, dpr[cur + j]))
-            cur += self.depths[i]
-            setattr(self, f'block{i + 1}', blocks)
+                setattr(self, f'patch_embed{i + 1}', ConvDownsample(self.embed_dims[i - 1], dim))
+            first = sum(self.depths[:i])
+            setattr(self, f'block{i + 1}',
+                    self._make_blocks(i, qkv_bias, dpr[first:first + self.depths[i]]))
             setattr(self, f'norm{i + 1}', nn.LayerNorm(dim, eps=1e-6))
+        self.set_fast_path(fast_path)
 
         self._register_load_state_dict_pre_hook(self._pos_embed_load_hook)
         self._freeze_stages()
 
+    def _make_blocks(self, i: int, qkv_bias: bool, drop_path: Sequence[float]) -> nn.ModuleList:
+        """Blocks of stage ``i``: hybrid-scale (even index) and self-guided (odd index) blocks
+        alternating in stages 0-2; standard global attention in stage 3 (``sr_ratio == 1``)."""
+        dim, heads, r = self.embed_dims[i], self.num_heads[i], self.sr_ratios[i]
+        blocks = nn.ModuleList()
+        for j, dp in enumerate(drop_path):
+            if r == 1:
+                attn = StandardAttention(dim, heads, qkv_bias)
+            elif j % 2 == 0:
+                attn = HybridScaleAttention(dim, heads, r, qkv_bias)
+            else:
+                attn = SelfGuidedAttention(dim, heads, r, qkv_bias, self.sga_impl)
+            blocks.append(Block(dim, attn, self.mlp_ratio, dp))
+        return blocks
+
+    # ------------------------------------------------------------------ the stage ladder
+    @property
+    def stem(self) -> ConvStem:
+        """The stem ``patch_embed1``: image -> stride-4 tokens."""
+        return self.patch_embed1
+
+    def stage(self, i: int) -> StageParts:
+        """The parts of stage ``i`` (0-based) under their official names ``*{i+1}``."""
+        if not 0 <= i < self.num_stages:
+            raise ValueError(f'stage index {i} must be in [0, {self.num_stages - 1}]')
+        return StageParts(downsample=getattr(self, f'patch_embed{i + 1}') if i else None,
+                          blocks=getattr(self, f'block{i + 1}'),
+                          norm=getattr(self, f'norm{i + 1}'))
+
+    @property
+    def stages(self) -> List[StageParts]:
+        """All four stages, in order."""
+        return [self.stage(i) for i in range(self.num_stages)]
+
+    def set_fast_path(self, enabled: bool) -> None:
+        """Select the fast paths (True) or the plain computation (False) in every module."""
+        self.fast_path = bool(enabled)
+        for m in self.modules():
+            m.fast_path = self.fast_path
+
     # ------------------------------------------------------------------ validation
     @classmethod
     def _parse_arch(cls, arch: Union[str, Dict[str, Sequence[int]]]) -> Dict[str, List[int]]:
-        if isinstance(arch, str):
-            key = arch.lower()
-            if key not in cls.arch_zoo:
-                raise ValueError(f'arch={arch!r} is not a known SGFormer arch; choose one of '
-                                 f'{sorted(set(cls.arch_zoo))} or pass a dict with keys '
-                                 f'{_ARCH_KEYS}')
-            arch = cls.arch_zoo[key]
-        elif isinstance(arch, dict):
-            if set(arch) != set(_ARCH_KEYS):
-                missing = sorted(set(_ARCH_KEYS) - set(arch))
-                extra = sorted(set(arch) - set(_ARCH_KEYS))
-                raise ValueError(f'arch dict must have exactly the keys {_ARCH_KEYS}; '
-                                 f'missing {missing}, unexpected {extra}')
-        else:
-            raise ValueError(f'arch={arch!r} must be a string or a dict')
+        arch = select_arch(arch, cls.arch_zoo, _ARCH_KEYS, 'SGFormer')
         out = {}
         for k in _ARCH_KEYS:
             v = arch[k]
@@ -264,24 +306,6 @@ class SGFormer(PretrainedInitMixin, BaseModule):
             raise ValueError(f'sr_ratios[3]={sr_ratios[3]} must be 1: stage 4 uses standard '
                              f'global attention')
         return list(sr_ratios)
-
-    def _check_out_indices(self, out_indices: Sequence[int]) -> Tuple[int, ...]:
-        if isinstance(out_indices, int) and not isinstance(out_indices, bool):
-            out_indices = (out_indices, )
-        if not isinstance(out_indices, (list, tuple)) or len(out_indices) == 0:
-            raise ValueError(f'out_indices={out_indices!r} must be a non-empty sequence of '
-                             f'stage indices in [0, 3]')
-        norm = []
-        for idx in out_indices:
-            if (not isinstance(idx, int) or isinstance(idx, bool)
-                    or not -self.num_stages <= idx < self.num_stages):
-                raise ValueError(f'out_indices={tuple(out_indices)!r}: entry {idx!r} must be '
-                                 f'an int in [0, 3] (or [-4, -1])')
-            idx = idx % self.num_stages
-            if idx in norm:
-                raise ValueError(f'out_indices={tuple(out_indices)!r} repeats stage {idx}')
-            norm.append(idx)
-        return tuple(norm)
 
     # ------------------------------------------------------------------ position table
     def _stage_pos_embed(self, H: int, W: int) -> torch.Tensor:
@@ -321,7 +345,7 @@ class SGFormer(PretrainedInitMixin, BaseModule):
     # ------------------------------------------------------------------ init / loading
     @torch.no_grad()
     def _official_init(self) -> None:
-        """Official initialization (spec §10)."""
+        """Official initialization (design §10)."""
         for m in self.modules():
             if isinstance(m, nn.Linear):
                 nn.init.trunc_normal_(m.weight, std=.02, a=-2., b=2.)
@@ -348,23 +372,17 @@ class SGFormer(PretrainedInitMixin, BaseModule):
         return state, {}
 
     # ------------------------------------------------------------------ freezing
-    def _stage_modules(self, i: int) -> List[nn.Module]:
-        mods = [getattr(self, f'block{i}'), getattr(self, f'norm{i}')]
-        if i >= 2:
-            mods.append(getattr(self, f'patch_embed{i}'))
-        return mods
-
     def _freeze_stages(self) -> None:
+        frozen: List[nn.Module] = []
         if self.frozen_stages >= 0:
-            self.patch_embed1.eval()
-            for p in self.patch_embed1.parameters():
-                p.requires_grad = False
+            frozen.append(self.stem)
             self.pos_embed.requires_grad = False
-        for i in range(1, self.frozen_stages + 1):
-            for m in self._stage_modules(i):
-                m.eval()
-                for p in m.parameters():
-                    p.requires_grad = False
+        for stage in self.stages[:max(self.frozen_stages, 0)]:
+            frozen += [m for m in (stage.downsample, stage.blocks, stage.norm) if m is not None]
+        for m in frozen:
+            m.eval()
+            for p in m.parameters():
+                p.requires_grad = False
 
     def train(self, mode: bool = True) -> 'SGFormer':
         super().train(mode)
@@ -372,16 +390,6 @@ class SGFormer(PretrainedInitMixin, BaseModule):
         return self
 
     # ------------------------------------------------------------------ forward
-    def _check_input(self, x: torch.Tensor) -> None:
-        if not isinstance(x, torch.Tensor) or x.ndim != 4:
-            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ValueError(f'input of shape {shape} must be 4-D (B, 3, H, W)')
-        if x.shape[1] != 3:
-            raise ValueError(f'input of shape {tuple(x.shape)} must have 3 channels')
-        if x.shape[2] < 32 or x.shape[3] < 32:
-            raise ValueError(f'input of shape {tuple(x.shape)} is too small: H and W must be '
-                             f'>= 32 pixels')
-
     def forward(self, x: torch.Tensor, return_significance: bool = False
                 ) -> Union[Tuple[torch.Tensor, ...],
                            Tuple[Tuple[torch.Tensor, ...], List[SignificanceRecord]]]:
@@ -390,25 +398,32 @@ class SGFormer(PretrainedInitMixin, BaseModule):
         With ``return_significance=True`` also returns the list of
         :class:`SignificanceRecord` of the hybrid-scale blocks.
         """
-        self._check_input(x)
-        outs, records = {}, []
-        x, H, W = self.patch_embed1(x)
+        check_image_batch(x, 3, 32, 'SGFormer')
+        outs, records = [], []
+        x, H, W = self.stem(x)
         x = x + self._stage_pos_embed(H, W)
-        for i in range(self.num_stages):
-            if i > 0:
-                x, H, W = getattr(self, f'patch_embed{i + 1}')(x)
-            sig = None
-            for j, blk in enumerate(getattr(self, f'block{i + 1}')):
-                if self.with_cp and x.requires_grad:
-                    x, sig = cp.checkpoint(blk, x, H, W, sig, use_reentrant=False)
-                else:
-                    x, sig = blk(x, H, W, sig)
-                if sig is not None and return_significance:
-                    records.append(SignificanceRecord(i + 1, j, self.sr_ratios[i], sig))
-            x = tokens_to_map(getattr(self, f'norm{i + 1}')(x), H, W).contiguous()
+        for i, stage in enumerate(self.stages):
+            if stage.downsample is not None:
+                x, H, W = stage.downsample(x)
+            x = self._run_blocks(i, stage.blocks, x, H, W,
+                                 records if return_significance else None)
+            x = tokens_to_map(stage.norm(x), H, W).contiguous()  # (B, C_i, H_i, W_i)
             if i in self.out_indices:
-                outs[i] = x
-        outs = tuple(outs[i] for i in self.out_indices)
+                outs.append(x)
         if return_significance:
-            return outs, records
-        return outs
+            return tuple(outs), records
+        return tuple(outs)
+
+    def _run_blocks(self, i: int, blocks: nn.ModuleList, x: torch.Tensor, H: int, W: int,
+                    records: Optional[List[SignificanceRecord]]) -> torch.Tensor:
+        """The blocks of stage ``i`` on ``x (B, H*W, C_i)``; each hybrid-scale block's map goes
+        to the self-guided block after it (and into ``records`` when given)."""
+        sig = None
+        for j, blk in enumerate(blocks):
+            if self.with_cp and x.requires_grad:
+                x, sig = cp.checkpoint(blk, x, H, W, sig, use_reentrant=False)
+            else:
+                x, sig = blk(x, H, W, sig)
+            if sig is not None and records is not None:
+                records.append(SignificanceRecord(i, j, self.sr_ratios[i], sig))
+        return x

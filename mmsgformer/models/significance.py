@@ -1,15 +1,18 @@
 """Significance maps of hybrid-scale attention and the token ranking of self-guided attention.
 
-Pure functions (spec §5.1, §6 step 2). The map is built from *detached* attention probabilities:
+Pure functions (design §5.1, §6 step 2). The map is built from *detached* attention probabilities:
 
-* global part: the coarse attention ``A1 (B, g, N, Nk)`` averaged over heads, then over queries,
-  reshaped to the coarse grid and upsampled (nearest) to the token grid;
+* global part: the coarse attention ``A1 (B, g, N, Nk)`` averaged over heads, then over queries
+  (the "key mass"), reshaped to the coarse grid and upsampled (nearest) to the token grid;
 * local part: the window attention ``A2 (B*nW, g, w*w, w*w)`` averaged over heads, then over the
   (real) queries of each window, placed back at each key's position;
 * ``S = local + global``, shape ``(B, H, W)``.
+
+The key masses come from :func:`mmsgformer.models.attention.attention_and_key_mass` (or its
+fast twin in :mod:`mmsgformer.models.fast_paths`); the functions here only place them.
 """
 from dataclasses import dataclass
-from typing import Dict, Optional, Tuple
+from typing import Dict, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -20,7 +23,7 @@ class SignificanceRecord:
     """The significance map made by one hybrid-scale block.
 
     Attributes:
-        stage: 1-based stage index.
+        stage: 0-based stage index (as in ``out_indices``).
         block: block index inside the stage (even: hybrid-scale blocks).
         sr_ratio: the stage's sr ratio (selects the segment rule of the next, self-guided block).
         significance: ``(B, H, W)`` map on the stage's real (unpadded) token grid.
@@ -32,21 +35,20 @@ class SignificanceRecord:
     significance: torch.Tensor
 
 
-def global_significance(attn: torch.Tensor, coarse_hw: Tuple[int, int],
+def global_significance(mass: torch.Tensor, coarse_hw: Tuple[int, int],
                         out_hw: Tuple[int, int]) -> torch.Tensor:
-    """Global part of the map from the coarse-branch probabilities.
+    """Global part of the map from the coarse branch's key mass.
 
     Args:
-        attn: ``(B, g, N, Nk)`` softmax probabilities of the coarse heads, ``Nk = Hr * Wr``.
+        mass: ``(B, Nk)`` coarse-branch probabilities averaged over heads and queries
+            (``A1.mean(1).mean(1)``), ``Nk = Hr * Wr``.
         coarse_hw: ``(Hr, Wr)``, the grid of the ``sr`` conv output.
         out_hw: ``(H, W)`` token grid.
 
     Returns:
         ``(B, H, W)``: mean attention each coarse cell receives, nearest-upsampled.
     """
-    B = attn.shape[0]
-    s = attn.mean(1).mean(1)
-    s = s.reshape(B, 1, coarse_hw[0], coarse_hw[1])
+    s = mass.reshape(mass.shape[0], 1, coarse_hw[0], coarse_hw[1])
     return F.interpolate(s, size=out_hw, mode='nearest')[:, 0]
 
 
@@ -66,32 +68,24 @@ def window_query_weights(H: int, W: int, window: int, device: torch.device,
     return m, m.sum(1, keepdim=True)
 
 
-def local_significance(attn: torch.Tensor, batch: int, H: int, W: int, window: int,
-                       query_mask: Optional[torch.Tensor] = None,
-                       query_counts: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Local part of the map from the window-branch probabilities.
+def local_significance(mass: torch.Tensor, batch: int, H: int, W: int,
+                       window: int) -> torch.Tensor:
+    """Local part of the map from the window branch's key mass.
 
     Args:
-        attn: ``(B*nW, g, w*w, w*w)`` probabilities of the window heads over the padded grid
-            ``(Hp, Wp)`` (multiples of ``window``), windows row-major.
+        mass: ``(B*nW, w*w)`` window-branch probabilities averaged over heads, then over each
+            window's real queries; windows row-major over the padded grid ``(Hp, Wp)``
+            (multiples of ``window``), slots row-major.
         batch: ``B``.
         H, W: real token grid.
         window: window side ``w``.
-        query_mask, query_counts: from :func:`window_query_weights` when the grid is padded;
-            then a window's map is the mean over its real queries only. ``None``: plain mean.
 
     Returns:
         ``(B, H, W)``: for each key, the mean attention it receives from its window's queries.
     """
     Hp, Wp = -(-H // window) * window, -(-W // window) * window
     nh, nw = Hp // window, Wp // window
-    a = attn.mean(1)  # (B*nW, Q, K)
-    if query_mask is None:
-        s = a.mean(1)
-    else:
-        a = a.view(batch, nh * nw, window * window, window * window)
-        s = (a * query_mask[None, :, :, None]).sum(2) / query_counts[None]
-    s = s.reshape(batch, nh, nw, window, window).permute(0, 1, 3, 2, 4).reshape(batch, Hp, Wp)
+    s = mass.reshape(batch, nh, nw, window, window).permute(0, 1, 3, 2, 4).reshape(batch, Hp, Wp)
     if Hp != H or Wp != W:
         s = s[:, :H, :W]
     return s

@@ -1,0 +1,313 @@
+"""Fast paths of SG-Former: the plain modules' functions, computed with less memory or time.
+
+Every function here has a plain counterpart that the modules in ``attention.py`` and
+``blocks.py`` spell out, and a test compares the two (float64 outputs, maps and gradients). A
+module takes its fast path when ``module.fast_path`` is true (the default; the backbone's
+``fast_path=False`` selects the plain path everywhere) and the situation is one the fast path is
+made for (see :func:`use_fast_path`).
+
+Training (autograd on):
+
+* :func:`attention_and_key_mass` (coarse and window branches of hybrid-scale attention): the
+  output comes from ``F.scaled_dot_product_attention``, whose flash kernels keep only the
+  log-sum-exp for backward instead of the ``(B, g, Nq, Nk)`` probabilities; the significance
+  (key mass) is taken in a no-grad pass over query chunks that never holds the full matrix.
+* :func:`ffn_tail` (``fc2(GELU(z + dwconv(z)))``) and :func:`norm_act_conv`
+  (``conv(GELU(GroupNorm(x)))`` of the stem and the downsampling) save only their input and
+  recompute the cheap element-wise / depthwise part in backward: the GELU input, the GELU output
+  and the normalized map are never stored (design §4, "Memory").
+* :func:`project`: the linear layers applied to the same tokens run as one GEMM.
+
+Inference (autograd off):
+
+* :func:`project` with the concatenated weights cached (not registered: the state dict is
+  unchanged);
+* the coarse branch in query chunks on large inputs (:func:`attention_and_key_mass`);
+* :func:`image_chunks`: the stem and the large FFNs a few images at a time, so the per-chunk
+  temporaries stay in cache.
+
+Under ``torch.compile`` the recomputing autograd functions give way to the plain path (the
+compiler plans its own recomputation); the attention fast path stays.
+"""
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def is_compiling() -> bool:
+    """True while ``torch.compile`` traces (``torch.compiler.is_compiling`` on torch >= 2.3,
+    ``torch._dynamo.is_compiling`` before)."""
+    compiler = getattr(torch, 'compiler', None)
+    if compiler is not None and hasattr(compiler, 'is_compiling'):
+        return compiler.is_compiling()
+    try:
+        import torch._dynamo as dynamo
+    except ImportError:  # pragma: no cover - torch without dynamo
+        return False
+    return dynamo.is_compiling()
+
+# ---------------------------------------------------------------------------------- switch
+
+
+def use_fast_path(module: nn.Module) -> bool:
+    """Whether ``module`` takes its fast path (``module.fast_path``, default True)."""
+    return getattr(module, 'fast_path', True)
+
+
+def _recompute_allowed(module: nn.Module, *tensors: torch.Tensor) -> bool:
+    """Recomputing autograd functions: only when a gradient is needed, not under compile."""
+    return (use_fast_path(module) and torch.is_grad_enabled()
+            and any(t.requires_grad for t in tensors) and not is_compiling())
+
+
+# ---------------------------------------------------------------------------------- projections
+
+# GEMMs narrower than this are left unfused: MKL runs them with other kernels whose float32
+# rounding differs from the wide GEMM (it would change the first, bitwise-official map of tiny
+# archs); from this width on the fused GEMM gives each column bitwise the same value.
+_MIN_FUSED_WIDTH = 16
+
+
+def project(module: nn.Module, y: torch.Tensor,
+            *groups: Sequence[str]) -> List[torch.Tensor]:
+    """The ``nn.Linear`` children of ``module`` named in ``groups``, applied to ``y (B, N, C)``.
+
+    Returns one tensor per group: the outputs of the group's layers side by side along the last
+    axis. Plain path: one GEMM per layer (a concatenation for groups of several layers). Fast
+    path: one GEMM for all of them, each group's result a column view of one buffer; in
+    inference the concatenated weight and bias are cached on ``module`` and rebuilt when a
+    parameter is replaced or modified in place.
+    """
+    layers = [[getattr(module, n) for n in group] for group in groups]
+    flat = [m for group in layers for m in group]
+    fusable = all(m.bias is not None and m.out_features >= _MIN_FUSED_WIDTH for m in flat)
+    if not (use_fast_path(module) and fusable and len(flat) > 1):
+        outs = [[m(y) for m in group] for group in layers]
+        return [o[0] if len(o) == 1 else torch.cat(o, dim=-1) for o in outs]
+    names = tuple(n for group in groups for n in group)
+    if torch.is_grad_enabled():  # differentiable concatenation, rebuilt every call (cheap)
+        weight = torch.cat([m.weight for m in flat])
+        bias = torch.cat([m.bias for m in flat])
+    else:
+        params = [p for m in flat for p in (m.weight, m.bias)]
+        key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params)
+        cache = module.__dict__.setdefault('_fused_cache', {})
+        entry = cache.get(names)
+        if entry is None or entry[0] != key:
+            entry = (key, torch.cat([m.weight for m in flat]), torch.cat([m.bias for m in flat]))
+            cache[names] = entry
+        weight, bias = entry[1], entry[2]
+    out = F.linear(y, weight, bias)
+    return list(out.split([sum(m.out_features for m in group) for group in layers], dim=-1))
+
+
+# ---------------------------------------------------------------------------------- attention
+
+# Inference: above this many score elements the coarse branch runs in query chunks (never at
+# 224/448 with ordinary batches, so the official operation order is kept there). Training: the
+# key-mass pass always runs in chunks of this many probabilities (2 MiB in float32).
+_CHUNK_INFERENCE_ABOVE = 1 << 24
+_CHUNK_ELEMS = 1 << 19
+
+
+def _chunks(Bt: int, g: int, Nq: int, Nk: int) -> Tuple[int, int]:
+    """``(batch items, queries)`` per chunk so that one chunk of scores holds about
+    ``_CHUNK_ELEMS`` values: all queries of several items (windows), or query rows of all items
+    (the coarse branch of a few images), or query rows of one item."""
+    per_query = g * Nk
+    if Bt * Nq * per_query <= _CHUNK_ELEMS:
+        return Bt, Nq
+    if Nq * per_query <= _CHUNK_ELEMS:
+        return _CHUNK_ELEMS // (Nq * per_query), Nq
+    if Bt * per_query <= _CHUNK_ELEMS:
+        return Bt, _CHUNK_ELEMS // (Bt * per_query)
+    return 1, max(1, _CHUNK_ELEMS // per_query)
+
+
+def _scores(q: torch.Tensor, kt: torch.Tensor, scale: float,
+            key_bias: Optional[torch.Tensor]) -> torch.Tensor:
+    """``softmax(q kt * scale + key_bias)`` in the official operation order."""
+    a = (q @ kt).mul_(scale)
+    if key_bias is not None:
+        a = a + key_bias
+    return a.softmax(dim=-1)
+
+
+def attention_and_key_mass(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
+                           key_bias: Optional[torch.Tensor] = None,
+                           query_mask: Optional[torch.Tensor] = None,
+                           query_counts: Optional[torch.Tensor] = None
+                           ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Attention output and the (detached) mean probability each key receives, fast path.
+
+    Same contract as :func:`mmsgformer.models.attention.attention_and_key_mass` (the plain
+    computation): ``q (Bt, g, Nq, d)``, ``k, v (Bt, g, Nk, d)``, ``key_bias`` broadcastable to
+    ``(Bt, 1, 1, Nk)`` (``-inf`` on padded keys), ``query_mask (Bt, Nq)`` / ``query_counts
+    (Bt, 1)`` to average over real queries only. Returns ``(o (Bt, g, Nq, d), mass (Bt, Nk))``.
+
+    With autograd: the output from ``F.scaled_dot_product_attention`` (backward keeps the
+    log-sum-exp, not the probabilities) and the mass from a no-grad pass in query chunks.
+    Without autograd: output and mass from the same chunked pass.
+    """
+    from .attention import attention_and_key_mass as plain
+    Bt, g, Nq, _ = q.shape
+    Nk = k.shape[2]
+    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+    if not needs_grad and Bt * g * Nq * Nk <= _CHUNK_INFERENCE_ABOVE:
+        return plain(q, k, v, scale, key_bias, query_mask, query_counts)
+    out = None
+    if needs_grad:
+        mask = None if key_bias is None else key_bias.to(q.dtype)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+    with torch.no_grad():
+        kt = k.transpose(-2, -1)
+        items, rows = _chunks(Bt, g, Nq, Nk)
+        mass = q.new_zeros(Bt, Nk)
+        if out is None:
+            out = torch.empty_like(q)
+        for b in range(0, Bt, items):
+            bs = slice(b, b + items)
+            bias = None
+            if key_bias is not None:
+                bias = key_bias if key_bias.shape[0] == 1 else key_bias[bs]
+            for s in range(0, Nq, rows):
+                qs = slice(s, s + rows)
+                a = _scores(q[bs, :, qs], kt[bs], scale, bias)
+                if not needs_grad:
+                    torch.matmul(a, v[bs], out=out[bs, :, qs])
+                a = a.mean(1)  # (items, rows, Nk): mean over heads
+                if query_mask is not None:
+                    a = a * query_mask[bs, qs, None]
+                mass[bs] += a.sum(1)
+        mass = mass / (Nq if query_counts is None else query_counts)
+    return out, mass
+
+
+# ---------------------------------------------------------------------------------- FFN
+
+
+class _FFNTail(torch.autograd.Function):
+    """``fc2(GELU(z + dwconv(z)))`` saving ``z`` only; backward recomputes the GELU input and
+    output (a depthwise conv and an element-wise op) instead of storing two ``(B, N, 4C)``
+    tensors."""
+
+    @staticmethod
+    def forward(ctx, z, H, W, dw_weight, dw_bias, fc2_weight, fc2_bias):
+        with torch.no_grad():
+            h = _ffn_hidden(z, H, W, dw_weight, dw_bias)
+            # a fresh tensor, not a view of the GEMM result: the block adds into it in place
+            out = h.new_empty(h.shape[:-1] + (fc2_weight.shape[0], ))
+            torch.addmm(fc2_bias, h.reshape(-1, h.shape[-1]), fc2_weight.t(),
+                        out=out.view(-1, out.shape[-1]))
+        ctx.save_for_backward(z, dw_weight, dw_bias, fc2_weight)
+        ctx.hw = (H, W)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        z, dw_weight, dw_bias, fc2_weight = ctx.saved_tensors
+        need_z, _, _, need_dww, need_dwb, need_w2, need_b2 = ctx.needs_input_grad
+        with torch.enable_grad():
+            leaves = [t.detach().requires_grad_(n) for t, n in
+                      ((z, need_z), (dw_weight, need_dww), (dw_bias, need_dwb))]
+            h = _ffn_hidden(leaves[0], *ctx.hw, leaves[1], leaves[2])
+        g2 = grad_out.reshape(-1, grad_out.shape[-1])
+        grad_w2 = g2.t() @ h.detach().reshape(-1, h.shape[-1]) if need_w2 else None
+        grad_b2 = g2.sum(0) if need_b2 else None
+        grads = [None, None, None]
+        wanted = [t for t in leaves if t.requires_grad]
+        if wanted:
+            got = iter(torch.autograd.grad(h, wanted, grad_out @ fc2_weight))
+            grads = [next(got) if t.requires_grad else None for t in leaves]
+        return grads[0], None, None, grads[1], grads[2], grad_w2, grad_b2
+
+
+def _ffn_hidden(z: torch.Tensor, H: int, W: int, dw_weight: torch.Tensor,
+                dw_bias: torch.Tensor) -> torch.Tensor:
+    """``GELU(z + dwconv(z))`` for ``z (B, H*W, C4)`` (channels-last depthwise 3x3 conv)."""
+    from .blocks import map_to_tokens, tokens_to_map
+    conv = F.conv2d(tokens_to_map(z, H, W), dw_weight, dw_bias, 1, 1, 1, z.shape[-1])
+    return F.gelu(map_to_tokens(conv) + z)
+
+
+def ffn_tail(mlp: nn.Module, z: torch.Tensor, H: int, W: int) -> Optional[torch.Tensor]:
+    """Fast ``mlp.fc2(GELU(z + mlp.dwconv(z)))`` for training, or ``None`` when the plain path
+    applies (inference, no gradient, ``torch.compile``)."""
+    if not _recompute_allowed(mlp, z, mlp.fc2.weight):
+        return None
+    conv = mlp.dwconv.dwconv
+    return _FFNTail.apply(z, H, W, conv.weight, conv.bias, mlp.fc2.weight, mlp.fc2.bias)
+
+
+# ---------------------------------------------------------------------------------- convs
+
+
+class _NormActConv(torch.autograd.Function):
+    """``conv(GELU(GroupNorm(1, C)(x)))`` saving ``x`` only; backward recomputes the normalized,
+    activated map (the conv's input) and takes the conv's gradients from it."""
+
+    @staticmethod
+    def forward(ctx, x, gn_weight, gn_bias, eps, conv_weight, stride, padding, groups):
+        with torch.no_grad():
+            a = F.gelu(F.group_norm(x, 1, gn_weight, gn_bias, eps))
+            out = F.conv2d(a, conv_weight, None, stride, padding, 1, groups)
+        ctx.save_for_backward(x, gn_weight, gn_bias, conv_weight)
+        ctx.args = (eps, stride, padding, groups)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, gn_weight, gn_bias, conv_weight = ctx.saved_tensors
+        eps, stride, padding, groups = ctx.args
+        need_x, need_gw, need_gb, _, need_cw = ctx.needs_input_grad[:5]
+        with torch.enable_grad():
+            leaves = [t.detach().requires_grad_(n) for t, n in
+                      ((x, need_x), (gn_weight, need_gw), (gn_bias, need_gb))]
+            a = F.gelu(F.group_norm(leaves[0], 1, leaves[1], leaves[2], eps))
+        need_a = any(t.requires_grad for t in leaves)
+        grad_a, grad_cw, _ = torch.ops.aten.convolution_backward(
+            grad_out, a.detach(), conv_weight, None, [stride] * 2, [padding] * 2, [1, 1], False,
+            [0, 0], groups, [need_a, need_cw, False])
+        grads = [None, None, None]
+        wanted = [t for t in leaves if t.requires_grad]
+        if wanted:
+            got = iter(torch.autograd.grad(a, wanted, grad_a))
+            grads = [next(got) if t.requires_grad else None for t in leaves]
+        return (grads[0], grads[1], grads[2], None, grad_cw if need_cw else None,
+                None, None, None)
+
+
+def norm_act_conv(norm: nn.GroupNorm, conv: nn.Conv2d, x: torch.Tensor) -> Optional[torch.Tensor]:
+    """Fast ``conv(GELU(norm(x)))`` for training (``norm`` a ``GroupNorm(1, C)``, ``conv``
+    bias-free, square stride/padding, dilation 1), or ``None`` when the plain path applies."""
+    if not _recompute_allowed(conv, x, conv.weight):
+        return None
+    return _NormActConv.apply(x, norm.weight, norm.bias, norm.eps, conv.weight, conv.stride[0],
+                              conv.padding[0], conv.groups)
+
+
+# ---------------------------------------------------------------------------------- inference
+
+# Inference on a batch runs the stem and the large FFNs a few images at a time: the per-chunk
+# intermediates stay in cache and the allocator reuses them instead of faulting in fresh pages
+# for every (B, ...) temporary. Convs, GroupNorm and GEMM rows are independent per image; with
+# the installed oneDNN/MKL the chunked results are bitwise those of the batched call.
+_IMAGES_PER_CHUNK = 4  # 1 or 2 save little more CPU time but add many small ops
+_MLP_SPLIT_ELEMS = 1 << 19  # hidden activations per image from which the FFN is split
+
+
+def image_chunks(module: nn.Module, x: torch.Tensor,
+                 hidden_per_image: int = _MLP_SPLIT_ELEMS) -> Optional[List[torch.Tensor]]:
+    """``x (B, ...)`` as chunks of ``_IMAGES_PER_CHUNK`` images in inference when ``B`` exceeds
+    the chunk size and each image has at least ``hidden_per_image`` hidden activations;
+    ``None`` otherwise (run the batch as a whole)."""
+    if (not use_fast_path(module) or torch.is_grad_enabled()
+            or x.shape[0] <= _IMAGES_PER_CHUNK or hidden_per_image < _MLP_SPLIT_ELEMS):
+        return None
+    return list(x.split(_IMAGES_PER_CHUNK))
+
+
+__all__ = ['use_fast_path', 'project', 'attention_and_key_mass', 'ffn_tail', 'norm_act_conv',
+           'image_chunks']
