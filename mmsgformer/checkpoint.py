@@ -103,8 +103,9 @@ def load_file(path: str, map_location: Any = 'cpu', weights_only: bool = True) -
         raise ValueError(
             f'checkpoint {path!r} cannot be loaded with weights_only=True: it pickles objects '
             f'that are not allow-listed ({str(err).splitlines()[0]}). If you trust the file, '
-            f'load it with weights_only=False (tools/convert_official.py --unsafe-load), or '
-            f'allow-list the class with torch.serialization.add_safe_globals.') from err
+            f'load it with weights_only=False (tools/model_converters/convert_official.py '
+            f'--unsafe-load), or allow-list the class with torch.serialization.add_safe_globals.'
+        ) from err
 
 
 def _is_state_dict(obj: Any) -> bool:

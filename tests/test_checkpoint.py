@@ -21,7 +21,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _converter():
     spec = importlib.util.spec_from_file_location(
-        'convert_official', os.path.join(REPO, 'tools', 'convert_official.py'))
+        'convert_official',
+        os.path.join(REPO, 'tools', 'model_converters', 'convert_official.py'))
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
@@ -239,7 +240,8 @@ def test_convert_generic_focal_style_keys(tmp_path):
 def test_convert_cli_runs(tmp_path, official_file):
     path, _, _ = official_file
     dst = str(tmp_path / 'cli.pth')
-    out = subprocess.run([sys.executable, os.path.join(REPO, 'tools', 'convert_official.py'),
+    out = subprocess.run([sys.executable,
+                          os.path.join(REPO, 'tools', 'model_converters', 'convert_official.py'),
                           path, dst, '--format', 'backbone'], capture_output=True, text=True,
                          timeout=120)
     assert out.returncode == 0, out.stderr

@@ -487,9 +487,9 @@ def test_registry_build(scope):
 
 # --------------------------------------------------------------------------- classifier path
 def test_image_classifier_from_converted_official_checkpoint(tmp_path):
-    """Official checkpoint -> tools/convert_official.py -> mmpretrain ImageClassifier
-    (FocalTransformer out_indices=(3,), GlobalAveragePooling, LinearClsHead) with default
-    backbone arguments: the logits are the official ones."""
+    """Official checkpoint -> tools/model_converters/convert_official.py -> mmpretrain
+    ImageClassifier (FocalTransformer out_indices=(3,), GlobalAveragePooling, LinearClsHead)
+    with default backbone arguments: the logits are the official ones."""
     import importlib.util
     import json
 
@@ -500,7 +500,8 @@ def test_image_classifier_from_converted_official_checkpoint(tmp_path):
     src, dst = str(tmp_path / 'official.pth'), str(tmp_path / 'converted.pth')
     torch.save({'model': {k: v.float() for k, v in official.state_dict().items()},
                 'epoch': 299}, src)
-    tools = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'tools')
+    tools = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'tools',
+                         'model_converters')
     spec = importlib.util.spec_from_file_location('convert_official',
                                                   os.path.join(tools, 'convert_official.py'))
     convert_official = importlib.util.module_from_spec(spec)

@@ -26,17 +26,17 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOLS = os.path.join(REPO, 'tools')
 
 
-def _load_tool(name):
+def _load_tool(name, folder='analysis_tools'):
     spec = importlib.util.spec_from_file_location(f'_tool_{name}',
-                                                  os.path.join(TOOLS, f'{name}.py'))
+                                                  os.path.join(TOOLS, folder, f'{name}.py'))
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
 
 
-def _run_tool(name, *args, timeout=300):
+def _run_tool(name, *args, timeout=300, folder='analysis_tools'):
     env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get('PYTHONPATH', ''))
-    proc = subprocess.run([sys.executable, os.path.join(TOOLS, f'{name}.py'), *args],
+    proc = subprocess.run([sys.executable, os.path.join(TOOLS, folder, f'{name}.py'), *args],
                           capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     return proc.stdout

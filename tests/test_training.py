@@ -7,7 +7,7 @@
   ``tools/test.py`` on the saved checkpoint reproduces the same mIoU.
 * ``torchrun --nproc_per_node 2 tools/train.py ... --launcher pytorch`` on CPU (gloo): both ranks
   finish.
-* Unit checks of ``tools/make_synthetic_data.py`` and the codebase detection
+* Unit checks of :mod:`mmsgformer.utils.synthetic_data` and the codebase detection
   (``mmsgformer.utils.detect_codebase``) of ``tools/train.py``.
 
 Run: ``$PY -m pytest tests/test_training.py -x -q`` (about 3 minutes on 2 cores).
@@ -25,7 +25,6 @@ import torch
 from PIL import Image
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
-sys.path.insert(0, osp.join(REPO, 'tools'))
 BIN = osp.dirname(sys.executable)
 DET_CFG = osp.join(REPO, 'configs', 'demo', 'maskrcnn_sgformer_demo.py')
 SEG_CFG = osp.join(REPO, 'configs', 'demo', 'upernet_sgformer_demo.py')
@@ -33,7 +32,7 @@ SEG_CFG = osp.join(REPO, 'configs', 'demo', 'upernet_sgformer_demo.py')
 
 @pytest.fixture(scope='module')
 def data(tmp_path_factory):
-    from make_synthetic_data import make_ade20k, make_coco
+    from mmsgformer.utils.synthetic_data import make_ade20k, make_coco
     root = str(tmp_path_factory.mktemp('synthetic'))
     make_coco(osp.join(root, 'coco'), num_train=8, num_val=3, size=128, seed=1)
     make_ade20k(osp.join(root, 'ade', 'ADEChallengeData2016'), num_train=8, num_val=3, size=96,
@@ -138,8 +137,9 @@ def test_two_process_cpu_training(data, tmp_path):
 
 # ------------------------------------------------------------------------------------------------
 def test_synthetic_data_format_and_determinism(tmp_path):
-    from make_synthetic_data import make_ade20k, make_coco
     from pycocotools.coco import COCO
+
+    from mmsgformer.utils.synthetic_data import make_ade20k, make_coco
     stats = make_coco(str(tmp_path / 'a'), num_train=6, num_val=2, size=96, seed=3)
     make_coco(str(tmp_path / 'b'), num_train=6, num_val=2, size=96, seed=3)
     for split in ('train2017', 'val2017'):
@@ -202,7 +202,10 @@ def test_detect_codebase(tmp_path):
 
 def test_demo_records_metrics_before_and_after(data, tmp_path):
     """tools/demo.py's evaluation-before-training hook and metric capture (2 iterations)."""
-    import demo
+    import importlib.util
+    spec = importlib.util.spec_from_file_location('demo', osp.join(REPO, 'tools', 'demo.py'))
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as tools/demo.py does (tiny models, shared cores)
     try:

@@ -2,8 +2,9 @@
 
 Steps (about 10 minutes on 2 CPU cores, no downloads):
 
-1. ``tools/make_synthetic_data.py`` writes a COCO-format shapes dataset (160x160) and an
-   ADE20K-format scenes dataset (128x128) under ``--data-root``.
+1. :mod:`mmsgformer.utils.synthetic_data` (also ``tools/misc/make_synthetic_data.py``) writes a
+   COCO-format shapes dataset (160x160) and an ADE20K-format scenes dataset (128x128) under
+   ``--data-root``.
 2. Detection: ``configs/demo/maskrcnn_sgformer_demo.py`` (the real Mask R-CNN + SG-Former config,
    shrunk) is evaluated with mmdet's COCO metric right after initialisation, trained, and
    evaluated again.
@@ -28,7 +29,6 @@ import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
-sys.path.insert(0, osp.join(REPO, 'tools'))
 
 #: (metric key, label, scale to print as %) of each task.
 DET_METRICS = (('coco/bbox_mAP', 'box mAP', 100.), ('coco/bbox_mAP_50', 'box AP50', 100.),
@@ -166,7 +166,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         raise ValueError(f'--threads={args.threads} must be >= 1')
     import torch
     torch.set_num_threads(args.threads)
-    from make_synthetic_data import make_ade20k, make_coco
+    from mmsgformer.utils.synthetic_data import make_ade20k, make_coco
 
     t_start = time.time()
     os.makedirs(args.work_dir, exist_ok=True)

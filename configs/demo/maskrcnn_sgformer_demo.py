@@ -1,10 +1,10 @@
 # CPU demo: the real Mask R-CNN + SG-Former config (configs/sgformer/maskrcnn_sgformer_s_1x.py)
-# shrunk to train in minutes on the synthetic shapes dataset written by
-# tools/make_synthetic_data.py (3 classes, 160x160 images): a tiny SG-Former (dims 32-256, depths
-# 2/2/2/1) with random init (no ImageNet weights here), 64-channel FPN/heads (2-conv mask head,
-# RoIAlign sampling ratio 2, 64 sampled RoIs per image: the CPU cost of an iteration is mostly in
-# the heads), an iteration-based schedule, and score_thr=0 so the untrained model's (near-zero)
-# mAP can be measured too. Used by tools/demo.py.
+# shrunk to train in minutes on the synthetic shapes dataset of tools/misc/make_synthetic_data.py
+# (3 classes, 160x160 images): a tiny SG-Former (dims 32-256, depths 2/2/2/1) with random init
+# (no ImageNet weights here), 64-channel FPN/heads (2-conv mask head, RoIAlign sampling ratio 2,
+# 64 sampled RoIs per image: the CPU cost of an iteration is mostly in the heads), an
+# iteration-based schedule, and score_thr=0 so the untrained model's (near-zero) mAP can be
+# measured too. Used by tools/demo.py.
 _base_ = ['../sgformer/maskrcnn_sgformer_s_1x.py']
 
 data_root = 'data/synthetic/coco/'

@@ -1,6 +1,6 @@
 # CPU demo: the real UperNet + SG-Former config (configs/sgformer/upernet_sgformer_s_160k_ade20k.py)
-# shrunk to train in minutes on the synthetic ADE20K-format scenes written by
-# tools/make_synthetic_data.py (128x128 crops): a tiny SG-Former with random init, 64-channel
+# shrunk to train in minutes on the synthetic ADE20K-format scenes of
+# tools/misc/make_synthetic_data.py (128x128 crops): a tiny SG-Former with random init, 64-channel
 # UperNet head (32-channel auxiliary FCN head), BN instead of SyncBN, a short iteration schedule.
 # Used by tools/demo.py.
 _base_ = ['../sgformer/upernet_sgformer_s_160k_ade20k.py']

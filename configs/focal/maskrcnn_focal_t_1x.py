@@ -4,8 +4,8 @@
 _base_ = ['../_base_/det/mask-rcnn_fpn_adamw_1x.py']
 
 # ImageNet-1k weights of the backbone: convert the official checkpoint once with
-#   python tools/convert_official.py focal-t.pth checkpoints/focal_t_in1k_backbone.pth \
-#       --format backbone --model focal
+#   python tools/model_converters/convert_official.py focal-t.pth \
+#       checkpoints/focal_t_in1k_backbone.pth --format backbone --model focal
 pretrained = 'checkpoints/focal_t_in1k_backbone.pth'
 model = dict(
     backbone=dict(_delete_=True, type='FocalTransformer', arch='t', drop_path_rate=0.2,

@@ -3,8 +3,8 @@
 _base_ = ['../_base_/det/mask-rcnn_fpn_adamw_1x.py']
 
 # ImageNet-1k weights of the backbone: convert the official checkpoint once with
-#   python tools/convert_official.py SG-Former-S.pth checkpoints/sgformer_s_in1k_backbone.pth \
-#       --format backbone --model sgformer
+#   python tools/model_converters/convert_official.py SG-Former-S.pth \
+#       checkpoints/sgformer_s_in1k_backbone.pth --format backbone --model sgformer
 # (or use the EMA weights of a sgformer_s_in1k.py run). The 56x56 position table is resized to
 # each image's stem grid at run time.
 pretrained = 'checkpoints/sgformer_s_in1k_backbone.pth'

@@ -35,6 +35,6 @@ param_scheduler = [
 train_cfg = dict(max_epochs=30)
 auto_scale_lr = dict(base_batch_size=512)
 # The 224 classifier to fine-tune: the last checkpoint of sgformer_s_in1k.py, or the official
-# weights converted with `python tools/convert_official.py SG-Former-S.pth
+# weights converted with `python tools/model_converters/convert_official.py SG-Former-S.pth
 # checkpoints/sgformer_s_in1k.pth --format classifier --model sgformer`.
 load_from = 'checkpoints/sgformer_s_in1k.pth'

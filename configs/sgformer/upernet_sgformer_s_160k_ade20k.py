@@ -4,8 +4,8 @@
 _base_ = ['../_base_/seg/upernet_adamw_160k_ade20k.py']
 
 # ImageNet-1k weights of the backbone: convert the official checkpoint once with
-#   python tools/convert_official.py SG-Former-S.pth checkpoints/sgformer_s_in1k_backbone.pth \
-#       --format backbone --model sgformer
+#   python tools/model_converters/convert_official.py SG-Former-S.pth \
+#       checkpoints/sgformer_s_in1k_backbone.pth --format backbone --model sgformer
 pretrained = 'checkpoints/sgformer_s_in1k_backbone.pth'
 model = dict(
     backbone=dict(_delete_=True, type='SGFormer', arch='s', drop_path_rate=0.1,

@@ -25,18 +25,18 @@ OpenMMLab pipelines (loading, augmentation, COCO / mIoU metrics) on a machine wi
 Everything is drawn from ``numpy.random.default_rng(seed)``: the same seed gives byte-identical
 files.
 
-Usage::
+Used by ``tools/misc/make_synthetic_data.py`` (the command line), ``tools/demo.py`` and the tests::
 
-    python tools/make_synthetic_data.py --out data/synthetic            # both datasets
-    python tools/make_synthetic_data.py --out data/synthetic --only coco --num-train 32 --size 192
+    python tools/misc/make_synthetic_data.py --out data/synthetic            # both datasets
+
+    from mmsgformer.utils.synthetic_data import make_ade20k, make_coco
+    make_coco('data/synthetic/coco', num_train=32, num_val=8, size=192)
 """
-import argparse
 import json
 import math
 import os
 import os.path as osp
-import time
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Tuple
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -248,37 +248,3 @@ def _check_sizes(num_train: int, num_val: int, size: int) -> None:
         raise ValueError(f'num_train={num_train}, num_val={num_val}: both splits need >= 1 image')
     if size < 64:
         raise ValueError(f'size={size} must be >= 64 pixels (shapes need room)')
-
-
-def parse_args(argv: Sequence[str] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--out', default='data/synthetic',
-                        help='output root; gets coco/ and ade/ADEChallengeData2016/')
-    parser.add_argument('--only', choices=['coco', 'ade20k'], default=None,
-                        help='write one dataset only')
-    parser.add_argument('--num-train', type=int, default=48)
-    parser.add_argument('--num-val', type=int, default=16)
-    parser.add_argument('--size', type=int, default=256, help='square image side')
-    parser.add_argument('--max-objects', type=int, default=4)
-    parser.add_argument('--seed', type=int, default=0)
-    return parser.parse_args(argv)
-
-
-def main(argv: Sequence[str] = None) -> None:
-    args = parse_args(argv)
-    t0 = time.time()
-    if args.only in (None, 'coco'):
-        root = osp.join(args.out, 'coco')
-        stats = make_coco(root, args.num_train, args.num_val, args.size, args.seed,
-                          args.max_objects)
-        print(f'COCO-format shapes   -> {root}: {stats}')
-    if args.only in (None, 'ade20k'):
-        root = osp.join(args.out, 'ade', 'ADEChallengeData2016')
-        stats = make_ade20k(root, args.num_train, args.num_val, args.size, args.seed,
-                            args.max_objects)
-        print(f'ADE20K-format scenes -> {root}: {stats}')
-    print(f'done in {time.time() - t0:.1f} s')
-
-
-if __name__ == '__main__':
-    main()

@@ -11,7 +11,7 @@ sees every allocation (torch's and the extension's own), unlike ``tracemalloc``.
 re-executes itself with ``MALLOC_MMAP_THRESHOLD_=65536`` so that freed tensors go back to the OS
 and each measurement starts from the same level. Linux only (elsewhere memory shows as n/a).
 
-Usage: python tools/benchmark_op.py [--threads 2] [--repeat 10]
+Usage: python tools/analysis_tools/benchmark_op.py [--threads 2] [--repeat 10]
 """
 import argparse
 import gc

@@ -10,9 +10,9 @@ Default input size per model type (the sizes papers quote): classifier 224x224, 
 
 Usage::
 
-    python tools/get_flops.py configs/sgformer_s_in1k.py
-    python tools/get_flops.py configs/maskrcnn_sgformer_s_1x.py --shape 800 1280
-    python tools/get_flops.py CONFIG --shape 512 --json out.json
+    python tools/analysis_tools/get_flops.py configs/sgformer_s_in1k.py
+    python tools/analysis_tools/get_flops.py configs/maskrcnn_sgformer_s_1x.py --shape 800 1280
+    python tools/analysis_tools/get_flops.py CONFIG --shape 512 --json out.json
 """
 import argparse
 import dataclasses

@@ -8,10 +8,10 @@ validation lines.
 
 Usage::
 
-    python tools/analyze_logs.py work_dirs/maskrcnn_sgformer_s_1x            # finds vis_data
-    python tools/analyze_logs.py a/vis_data/scalars.json b/vis_data/scalars.json \
+    python tools/analysis_tools/analyze_logs.py work_dirs/maskrcnn_sgformer_s_1x  # finds vis_data
+    python tools/analysis_tools/analyze_logs.py a/vis_data/scalars.json b/vis_data/scalars.json \
         --legend run-a run-b --keys loss coco/bbox_mAP --out curves.png
-    python tools/analyze_logs.py LOG --list-keys
+    python tools/analysis_tools/analyze_logs.py LOG --list-keys
 
 Without ``--keys`` every loss and every validation metric found is plotted, one panel each.
 """

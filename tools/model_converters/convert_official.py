@@ -2,7 +2,7 @@
 
 Usage::
 
-    python tools/convert_official.py SRC DST [--format classifier|backbone]
+    python tools/model_converters/convert_official.py SRC DST [--format classifier|backbone]
                                              [--model sgformer|focal] [--arch NAME|JSON]
 
 * ``--format classifier`` (default): an mmpretrain ``ImageClassifier`` checkpoint

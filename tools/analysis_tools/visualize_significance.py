@@ -12,10 +12,10 @@ caption strip).
 
 Usage::
 
-    python tools/visualize_significance.py IMAGE --out-dir vis                 # random S weights
-    python tools/visualize_significance.py IMAGE --arch b --out-dir vis
-    python tools/visualize_significance.py IMAGE --config configs/sgformer_s_in1k.py \
-        --checkpoint SG-Former-S.pth --out-dir vis
+    python tools/analysis_tools/visualize_significance.py IMAGE --out-dir vis  # random S weights
+    python tools/analysis_tools/visualize_significance.py IMAGE --arch b --out-dir vis
+    python tools/analysis_tools/visualize_significance.py IMAGE \
+        --config configs/sgformer_s_in1k.py --checkpoint SG-Former-S.pth --out-dir vis
 """
 import argparse
 import copy

@@ -35,12 +35,16 @@ timed steps; a row under 90% is flagged ``!`` (the machine was busy: its times a
 
 Usage::
 
-    python tools/benchmark.py                                  # full table (about 40 minutes)
-    python tools/benchmark.py --modes train --sizes 512x512 --models sgformer-s swin-t
-    python tools/benchmark.py --modes train --sizes 800x1344 --models sgformer-s swin-t --with-cp
-    python tools/benchmark.py --models sgformer-s swin-t --sizes 224 --repeats 3
-    python tools/benchmark.py --models sgformer-tiny --sizes 224 --batch 1 --repeats 1 --warmup 0
-    python tools/benchmark.py --profile sgformer-s --modes train --sizes 800x1344 --batch 1
+    python tools/analysis_tools/benchmark.py               # full table (about 40 minutes)
+    python tools/analysis_tools/benchmark.py --modes train --sizes 512x512 \
+        --models sgformer-s swin-t
+    python tools/analysis_tools/benchmark.py --modes train --sizes 800x1344 \
+        --models sgformer-s swin-t --with-cp                # with_cp=True rows beside the plain
+    python tools/analysis_tools/benchmark.py --models sgformer-s swin-t --sizes 224 --repeats 3
+    python tools/analysis_tools/benchmark.py --models sgformer-tiny --sizes 64x64 --batch 1 \
+        --repeats 1 --warmup 0                              # smoke run
+    python tools/analysis_tools/benchmark.py --profile sgformer-s --modes train \
+        --sizes 800x1344 --batch 1                          # top ops of a fwd+bwd step
 """
 import argparse
 import json
@@ -99,7 +103,7 @@ MMDET_SWIN = {'tiny': (96, [2, 2, 6, 2], [3, 6, 12, 24]),
 
 
 def parse_size(token: str) -> Tuple[Tuple[int, int], bool]:
-    """``'N'`` -> classifier at NxN; ``'HxW'`` -> dense backbone at HxW. Returns ``((H, W), dense)``."""
+    """``'N'`` -> classifier at NxN, ``'HxW'`` -> dense backbone at HxW; ``((H, W), dense)``."""
     parts = token.split('x')
     if len(parts) not in (1, 2) or not all(p.isdigit() and int(p) >= 32 for p in parts):
         raise ValueError(f'size {token!r} must be N (classifier, NxN) or HxW (dense backbone), '
