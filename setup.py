@@ -145,6 +145,45 @@ def _extensions():
     return [ext], {'build_ext': BuildExtension.with_options(use_ninja=False)}
 
 
+# What mim reads from mmsgformer/.mim: `mim search mmsgformer` (model-index.yml and the
+# metafiles it imports), `mim train/test mmsgformer CONFIG` (configs/, tools/).
+MIM_FILES = ('configs', 'tools', 'model-index.yml')
+MIM_PACKAGE_DATA = ['.mim/model-index.yml', '.mim/configs/**/*.py', '.mim/configs/**/*.yml',
+                    '.mim/configs/**/*.md', '.mim/tools/**/*.py', '.mim/tools/**/*.sh']
+
+
+def add_mim_extension() -> None:
+    """Put configs/, tools/ and model-index.yml into ``mmsgformer/.mim``, as mmdet's setup.py.
+
+    A wheel, ``pip install .`` and an sdist get copies (shipped through ``MIM_PACKAGE_DATA``); a
+    legacy ``setup.py develop`` install gets symlinks. A PEP 660 editable install
+    (``pip install -e . --use-pep517``) gets nothing: mim looks for
+    ``site-packages/mmsgformer/.mim/model-index.yml``, which such an install does not have.
+    """
+    import shutil
+    if 'develop' in sys.argv:
+        mode = 'symlink'
+    elif 'sdist' in sys.argv or 'bdist_wheel' in sys.argv:
+        mode = 'copy'
+    else:
+        return
+    mim_path = os.path.join(HERE, 'mmsgformer', '.mim')
+    os.makedirs(mim_path, exist_ok=True)
+    for name in MIM_FILES:
+        src, dst = os.path.join(HERE, name), os.path.join(mim_path, name)
+        if os.path.islink(dst) or os.path.isfile(dst):
+            os.remove(dst)
+        elif os.path.isdir(dst):
+            shutil.rmtree(dst)
+        if mode == 'symlink':
+            os.symlink(os.path.relpath(src, mim_path), dst)
+        elif os.path.isdir(src):
+            shutil.copytree(src, dst, ignore=shutil.ignore_patterns('__pycache__', '*.pyc'))
+        else:
+            shutil.copyfile(src, dst)
+
+
+add_mim_extension()
 ext_modules, cmdclass = _extensions()
 
 setup(
@@ -156,6 +195,7 @@ setup(
     if os.path.exists(os.path.join(HERE, 'README.md')) else '',
     long_description_content_type='text/markdown',
     packages=find_packages(exclude=('tests', 'tools', 'configs')),
+    package_data={'mmsgformer': MIM_PACKAGE_DATA},
     python_requires='>=3.10',
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,

@@ -1,13 +1,14 @@
-"""Every config in configs/ loads, states the documented recipe, builds its model with a shrunk
-backbone, runs one training step (with the config's own optimizer settings) and one inference.
+"""Every config in configs/ resolves exactly to its frozen dump (tests/data/config_dump.txt),
+builds its model with a shrunk backbone, runs one training step (with the config's own optimizer
+settings) and one inference; the mim model index lists every model.
 
-Run: ``$PY -m pytest tests/test_configs.py -x -q``.
+Run: ``$PY -m pytest tests/test_configs.py -x -q``. After a deliberate change of a config:
+``$PY tools/misc/dump_configs.py --write`` and review the diff of the dump.
 """
 import copy
 import functools
-import glob
 import importlib
-import os
+import importlib.util
 import os.path as osp
 
 import pytest
@@ -15,39 +16,35 @@ import torch
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONFIG_DIR = osp.join(REPO, 'configs')
-CONFIGS = sorted(
-    osp.relpath(p, CONFIG_DIR)
-    for p in glob.glob(osp.join(CONFIG_DIR, '**', '*.py'), recursive=True)
-    if '_base_' not in osp.relpath(p, CONFIG_DIR).split(os.sep))
+FAMILIES = ('sgformer', 'focal')
 
-# Channels of every stage of the real archs, to check the necks/heads of the full configs.
-CHANNELS = {
-    ('SGFormer', 's'): [64, 128, 256, 512],
-    ('SGFormer', 'm'): [64, 128, 256, 512],
-    ('SGFormer', 'b'): [96, 192, 384, 768],
-    ('FocalTransformer', 't'): [96, 192, 384, 768],
-    ('FocalTransformer', 's'): [96, 192, 384, 768],
-    ('FocalTransformer', 'b'): [128, 256, 512, 1024],
-}
-DROP_PATH = {
-    ('SGFormer', 's'): 0.1, ('SGFormer', 'm'): 0.2, ('SGFormer', 'b'): 0.4,
-    ('FocalTransformer', 't'): 0.2, ('FocalTransformer', 's'): 0.3,
-    ('FocalTransformer', 'b'): 0.5,
-}
+
+def _load_dump_tool():
+    spec = importlib.util.spec_from_file_location(
+        'dump_configs', osp.join(REPO, 'tools', 'misc', 'dump_configs.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+DUMP = _load_dump_tool()
+ALL = [p[len('configs/'):] for p in DUMP.config_paths()]  # e.g. 'sgformer/sgformer_s_in1k.py'
+ALIASES = [p for p in ALL if '/' not in p]  # the top-level paths: one-line aliases
+# the configs that are built: each family config once (an alias resolves to the same dict) + demo
+CONFIGS = [p for p in ALL if p.split('/')[0] in FAMILIES + ('demo', )]
 TINY = {
     'SGFormer': (dict(embed_dims=[32, 64, 128, 256], num_heads=[2, 2, 4, 8],
                       depths=[2, 2, 2, 1]), [32, 64, 128, 256]),
     'FocalTransformer': (dict(embed_dims=32, depths=[1, 1, 1, 1], num_heads=[1, 2, 4, 8]),
                          [32, 64, 128, 256]),
 }
-IMAGENET_MEAN = [123.675, 116.28, 103.53]
-IMAGENET_STD = [58.395, 57.12, 57.375]
 
 
 @functools.lru_cache(maxsize=None)
 def _load(name):
     from mmengine.config import Config
     import mmsgformer  # noqa: F401
+    DUMP.cache_metafile_reads()  # mmengine re-reads every mmdet/mmseg metafile otherwise
     return Config.fromfile(osp.join(CONFIG_DIR, name))
 
 
@@ -56,24 +53,9 @@ def load(name):
     return copy.deepcopy(_load(name))
 
 
-def backbone_of(cfg):
-    model = cfg.model
-    return model.module.backbone if model.type == 'SegTTAModel' else model.backbone
-
-
-def arch_key(cfg):
-    bb = backbone_of(cfg)
-    return bb.type, bb.arch
-
-
-def scheduler(cfg, type_name):
-    found = [s for s in cfg.param_scheduler if s['type'] == type_name]
-    assert len(found) == 1, cfg.param_scheduler
-    return found[0]
-
-
-def pipeline_types(pipeline):
-    return [t['type'] for t in pipeline]
+@functools.lru_cache(maxsize=None)
+def frozen():
+    return DUMP.read_dump()
 
 
 @pytest.fixture(autouse=True, scope='module')
@@ -86,142 +68,65 @@ def one_thread():
 
 
 # ------------------------------------------------------------------------------------------------
-# 1. The recipes the configs promise (no model is built here).
+# 1. Every config resolves as frozen; the layout rules hold.
 
-def test_all_families_present():
-    names = set(CONFIGS)
-    for v in 'smb':
-        assert {f'sgformer_{v}_in1k.py', f'sgformer_{v}_in1k-384px.py',
-                f'maskrcnn_sgformer_{v}_1x.py', f'maskrcnn_sgformer_{v}_3x.py',
-                f'upernet_sgformer_{v}_160k_ade20k.py', f'upernet_sgformer_{v}_160k_ade20k_ms.py',
-                f'fpn_sgformer_{v}_80k_ade20k.py'} <= names
-    for v in 'tsb':
-        assert {f'focal_{v}_in1k.py', f'maskrcnn_focal_{v}_1x.py', f'maskrcnn_focal_{v}_3x.py',
-                f'upernet_focal_{v}_160k_ade20k.py', f'upernet_focal_{v}_160k_ade20k_ms.py'} <= names
-    assert len(CONFIGS) == 38, CONFIGS  # 21 SG-Former + 15 Focal + 2 demo
+@pytest.mark.parametrize('name', ALL)
+def test_resolves_as_frozen(name):
+    """The resolved dict is the frozen one (aliases and family configs share an entry)."""
+    expected = DUMP.frozen_text('configs/' + name, frozen())
+    assert expected is not None, f'configs/{name} is not in the dump'
+    actual = DUMP.canonical(_load(name), name)
+    assert actual == expected, DUMP.diff(expected, actual, name)
 
 
-@pytest.mark.parametrize('name', [c for c in CONFIGS if c.endswith('_in1k.py')])
-def test_imagenet_recipe(name):
-    cfg = load(name)
-    kind, arch = arch_key(cfg)
-    assert cfg.default_scope == 'mmpretrain'
-    assert cfg.custom_imports == dict(imports=['mmsgformer'], allow_failed_imports=False)
-    assert cfg.train_cfg.max_epochs == 300
-    assert cfg.train_dataloader.batch_size == 128  # x 8 GPUs = 1024
-    assert cfg.auto_scale_lr.base_batch_size == 1024
-    opt = cfg.optim_wrapper.optimizer
-    assert (opt.type, opt.lr, opt.weight_decay) == ('AdamW', 1e-3, 0.05)
-    pw = cfg.optim_wrapper.paramwise_cfg
-    assert pw.norm_decay_mult == 0 and pw.bias_decay_mult == 0
-    warm, cos = scheduler(cfg, 'LinearLR'), scheduler(cfg, 'CosineAnnealingLR')
-    assert (warm['end'], warm['start_factor'], cos['begin'], cos['eta_min']) == (20, 1e-3, 20, 1e-5)
-    assert cfg.model.backbone.drop_path_rate == DROP_PATH[(kind, arch)]
-    assert cfg.model.head.in_channels == CHANNELS[(kind, arch)][-1]
-    assert cfg.model.head.loss == dict(type='LabelSmoothLoss', label_smooth_val=0.1,
-                                       mode='original')
-    assert cfg.model.train_cfg.augments == [dict(type='Mixup', alpha=0.8),
-                                            dict(type='CutMix', alpha=1.0)]
-    train = {t['type']: t for t in cfg.train_dataloader.dataset.pipeline}
-    assert (train['RandAugment']['magnitude_level'], train['RandAugment']['magnitude_std'],
-            train['RandAugment']['policies']) == (9, 0.5, 'timm_increasing')
-    assert train['RandomErasing']['erase_prob'] == 0.25
-    assert train['RandomResizedCrop']['scale'] == 224
-    if kind == 'SGFormer':
-        assert pw.custom_keys == {'pos_embed': dict(decay_mult=0.0)}
-        assert cfg.custom_hooks == [dict(type='EMAHook', momentum=8e-5, update_buffers=True,
-                                         priority='ABOVE_NORMAL')]
-        test = {t['type']: t for t in cfg.test_dataloader.dataset.pipeline}
-        assert (test['ResizeEdge']['scale'], test['CenterCrop']['crop_size']) == (248, 224)
-    else:
-        assert cfg.optim_wrapper.clip_grad == dict(max_norm=5.0)
-        assert 'relative_position_bias_table' in pw.custom_keys
+def test_every_frozen_config_still_exists():
+    missing = sorted(set(frozen()) - {'configs/' + p for p in ALL})
+    assert not missing, f'frozen configs that no longer exist: {missing}'
+    assert len(ALIASES) == 36 and len(CONFIGS) == 38  # 21 SG-Former + 15 Focal (+ 2 demo)
 
 
-@pytest.mark.parametrize('name', [c for c in CONFIGS if c.endswith('-384px.py')])
-def test_imagenet_384_finetune_recipe(name):
-    cfg = load(name)
-    assert cfg.train_cfg.max_epochs == 30
-    opt = cfg.optim_wrapper.optimizer
-    assert (opt.type, opt.lr, opt.weight_decay) == ('AdamW', 5e-6, 1e-8)
-    assert cfg.model.backbone.drop_path_rate == 0.4
-    assert cfg.model.backbone.pretrain_img_size == 384
-    assert scheduler(cfg, 'CosineAnnealingLR')['end'] == 30
-    assert cfg.train_dataloader.dataset.pipeline[1]['scale'] == 384
-    assert cfg.load_from == f'checkpoints/sgformer_{cfg.model.backbone.arch}_in1k.pth'
+@pytest.mark.parametrize('name', ALIASES)
+def test_top_level_path_is_an_alias(name):
+    """configs/X.py is one line that inherits configs/<family>/X.py (same work_dirs/X)."""
+    with open(osp.join(CONFIG_DIR, name), encoding='utf-8') as f:
+        lines = f.read().splitlines()
+    family = 'focal' if 'focal_' in name else 'sgformer'
+    assert len(lines) == 1 and lines[0].startswith(f"_base_ = './{family}/{name}'"), lines
+    assert f'{family}/{name}' in CONFIGS
 
 
-@pytest.mark.parametrize('name', [c for c in CONFIGS if c.startswith('maskrcnn_')])
-def test_maskrcnn_recipe(name):
-    cfg = load(name)
-    kind, arch = arch_key(cfg)
-    assert cfg.default_scope == 'mmdet'
-    assert cfg.custom_imports == dict(imports=['mmsgformer'], allow_failed_imports=False)
-    assert cfg.model.neck.in_channels == CHANNELS[(kind, arch)]
-    assert cfg.model.backbone.out_indices == (0, 1, 2, 3)
-    short = 'sgformer' if kind == 'SGFormer' else 'focal'
-    assert cfg.model.backbone.init_cfg == dict(
-        type='Pretrained', checkpoint=f'checkpoints/{short}_{arch}_in1k_backbone.pth')
-    if kind == 'FocalTransformer':
-        assert cfg.model.backbone.border_mode == 'masked'
-    dp = cfg.model.data_preprocessor
-    assert (dp.mean, dp.std, dp.bgr_to_rgb) == (IMAGENET_MEAN, IMAGENET_STD, True)
-    opt = cfg.optim_wrapper.optimizer
-    assert (opt.type, opt.lr, opt.weight_decay) == ('AdamW', 1e-4, 0.05)
-    pw = cfg.optim_wrapper.paramwise_cfg
-    assert pw.norm_decay_mult == 0.0 and pw.custom_keys['pos_embed'] == dict(decay_mult=0.0)
-    assert cfg.train_dataloader.batch_size == 2  # x 8 GPUs = 16
-    assert cfg.train_dataloader.dataset.data_root == 'data/coco/'
-    steps = scheduler(cfg, 'MultiStepLR')
-    train = {t['type']: t for t in cfg.train_dataloader.dataset.pipeline}
-    test = {t['type']: t for t in cfg.test_dataloader.dataset.pipeline}
-    assert test['Resize']['scale'] == (1333, 800)
-    if name.endswith('_1x.py'):
-        assert cfg.train_cfg.max_epochs == 12 and steps['milestones'] == [8, 11]
-        assert train['Resize']['scale'] == (1333, 800) and 'RandomResize' not in train
-    else:
-        assert cfg.train_cfg.max_epochs == 36 and steps['milestones'] == [27, 33]
-        assert train['RandomResize']['scale'] == [(1333, 480), (1333, 800)]
-        assert train['RandomResize']['keep_ratio'] is True and 'Resize' not in train
+def test_base_files_name_no_backbone():
+    """_base_/ holds data and schedules: the backbones are spelled out by the family configs."""
+    import glob
+    for path in glob.glob(osp.join(CONFIG_DIR, '_base_', '**', '*.py'), recursive=True):
+        with open(path, encoding='utf-8') as f:
+            text = f.read()
+        assert 'SGFormer' not in text and 'FocalTransformer' not in text, path
 
 
-@pytest.mark.parametrize('name', [c for c in CONFIGS if c.startswith(('upernet_', 'fpn_'))])
-def test_ade20k_recipe(name):
-    cfg = load(name)
-    kind, arch = arch_key(cfg)
-    ch = CHANNELS[(kind, arch)]
-    assert cfg.default_scope == 'mmseg'
-    model = cfg.model.module if cfg.model.type == 'SegTTAModel' else cfg.model
-    assert model.backbone.drop_path_rate == DROP_PATH[(kind, arch)]
-    assert model.data_preprocessor.size == (512, 512)
-    assert model.decode_head.num_classes == 150
-    train = pipeline_types(cfg.train_dataloader.dataset.pipeline)
-    assert train == ['LoadImageFromFile', 'LoadAnnotations', 'RandomResize', 'RandomCrop',
-                     'RandomFlip', 'PhotoMetricDistortion', 'PackSegInputs']
-    assert cfg.train_dataloader.dataset.pipeline[3]['crop_size'] == (512, 512)
-    assert cfg.train_dataloader.dataset.data_root == 'data/ade/ADEChallengeData2016'
-    opt = cfg.optim_wrapper.optimizer
-    if name.startswith('upernet_'):
-        assert model.decode_head.type == 'UPerHead'
-        assert model.decode_head.in_channels == ch
-        assert (model.auxiliary_head.type, model.auxiliary_head.in_channels) == ('FCNHead', ch[2])
-        assert (opt.type, opt.lr, opt.weight_decay) == ('AdamW', 6e-5, 0.01)
-        assert cfg.train_cfg.max_iters == 160000 and cfg.train_dataloader.batch_size == 2
-        warm, poly = scheduler(cfg, 'LinearLR'), scheduler(cfg, 'PolyLR')
-        assert (warm['end'], poly['begin'], poly['end'], poly['power']) == (1500, 1500, 160000, 1.0)
-    else:
-        assert model.neck.in_channels == ch and model.decode_head.type == 'FPNHead'
-        assert model.pretrained is None
-        assert (opt.type, opt.lr, opt.weight_decay) == ('AdamW', 1e-4, 1e-4)
-        assert cfg.train_cfg.max_iters == 80000
-    test = cfg.test_dataloader.dataset.pipeline
-    if name.endswith('_ms.py'):
-        assert cfg.model.type == 'SegTTAModel'
-        scales, flips = test[1]['transforms'][0], test[1]['transforms'][1]
-        assert [t['scale_factor'] for t in scales] == [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]
-        assert [t['prob'] for t in flips] == [0.0, 1.0]
-    else:
-        assert pipeline_types(test)[1] == 'Resize' and test[1]['scale'] == (2048, 512)
+def test_model_index_lists_every_family_config():
+    """The mim model index: every family config (not the demos) is one model, each Config exists,
+    and mim's own search table (``mim search mmsgformer`` on an installed package) lists them all
+    with their parameters, FLOPs and the paper's metrics where cited."""
+    load_index = pytest.importorskip('modelindex.load_model_index').load
+    search = pytest.importorskip('mim.commands.search')
+    index = load_index(osp.join(REPO, 'model-index.yml'))
+    models = {m.name: m for m in index.models}
+    assert len(models) == len(index.models) == 36
+    family_configs = sorted('configs/' + p for p in CONFIGS if not p.startswith('demo/'))
+    assert sorted(m.config for m in models.values()) == family_configs
+    for m in models.values():
+        assert m.in_collection in ('SG-Former', 'Focal Transformer'), m.name
+        assert m.weights is None, m.name  # no checkpoint exists to link
+        assert m.metadata.parameters > 2e7 and m.metadata.flops > 4e9, m.name
+    table = search.convert2df(index)
+    assert sorted(table.index) == sorted(models)
+    row = table.loc['sgformer-s_in1k']
+    assert (row['config'], row['parameters'], row['flops']) == (
+        'configs/sgformer/sgformer_s_in1k.py', 22550000, 4818000000)
+    assert row['imagenet-1k/top_1_accuracy'] == 83.2
+    assert table.loc['upernet_sgformer-b_160k_ade20k_ms']['ade20k/miou(ms+flip)'] == 52.7
+    assert table.loc['mask-rcnn_sgformer-s_fpn_1x_coco']['coco/mask_ap'] == 42.6
 
 
 # ------------------------------------------------------------------------------------------------
@@ -351,8 +256,8 @@ def test_build_train_step_and_inference(name):
         assert int(preds[0].pred_sem_seg.data.max()) < model.decode_head.num_classes
 
 
-@pytest.mark.parametrize('name', ['upernet_sgformer_s_160k_ade20k_ms.py',
-                                  'upernet_focal_t_160k_ade20k_ms.py'])
+@pytest.mark.parametrize('name', ['sgformer/upernet_sgformer_s_160k_ade20k_ms.py',
+                                  'focal/upernet_focal_t_160k_ade20k_ms.py'])
 def test_multiscale_flip_test(name, synthetic_data):
     """The _ms configs run the real 12-view TTA pipeline (6 scales x 2 flips) on an image."""
     from mmengine.dataset import pseudo_collate
@@ -372,9 +277,11 @@ def test_multiscale_flip_test(name, synthetic_data):
     assert len(preds) == 1 and preds[0].pred_sem_seg.data.shape == (1, 96, 96)
 
 
-@pytest.mark.parametrize('name,kind', [('maskrcnn_sgformer_s_1x.py', 'SGFormer'),
-                                       ('upernet_focal_t_160k_ade20k.py', 'FocalTransformer'),
-                                       ('sgformer_s_in1k.py', 'SGFormer')])
+@pytest.mark.parametrize('name,kind', [
+    ('sgformer/maskrcnn_sgformer_s_1x.py', 'SGFormer'),
+    ('focal/upernet_focal_t_160k_ade20k.py', 'FocalTransformer'),
+    ('sgformer/sgformer_s_in1k.py', 'SGFormer'),
+])
 def test_no_weight_decay_groups(name, kind):
     """Norms (LayerNorm and the GroupNorms named *.bn), biases and position tables get weight
     decay 0; linear/conv weights keep the config's decay."""
@@ -399,15 +306,13 @@ def test_no_weight_decay_groups(name, kind):
         assert tables and all(bb[n] == 0.0 for n in tables)
         assert bb['layers.0.blocks.0.norm1.weight'] == 0.0
         assert bb['layers.0.blocks.0.attn.qkv.weight'] == wd
-    if name.startswith('sgformer_'):  # ImageNet recipe: biases too
+    if name.startswith('sgformer/sgformer_'):  # ImageNet recipe: biases too
         assert bb['block1.0.attn.q1.bias'] == 0.0
 
 
 @pytest.fixture(scope='module')
 def synthetic_data(tmp_path_factory):
-    import sys
-    sys.path.insert(0, osp.join(REPO, 'tools'))
-    from make_synthetic_data import make_ade20k
+    from mmsgformer.utils.synthetic_data import make_ade20k
     root = str(tmp_path_factory.mktemp('synthetic'))
     make_ade20k(osp.join(root, 'ade', 'ADEChallengeData2016'), num_train=2, num_val=2, size=96)
     return root

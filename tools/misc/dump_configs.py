@@ -37,19 +37,19 @@ def cache_metafile_reads() -> None:
     the hook (another mmengine) nothing changes but the speed.
     """
     import mmengine.config.utils as utils
-    if getattr(utils.load, '_mmsgformer_cached', False) or not callable(getattr(utils, 'load',
-                                                                              None)):
+    if not callable(getattr(utils, 'load', None)) or getattr(utils.load, '_cached', False):
         return
     original, cache = utils.load, {}
 
     def load(file, *args, **kwargs):
-        if not (isinstance(file, str) and file.endswith(('.yml', '.yaml')) and not args and not kwargs):
+        metafile = isinstance(file, str) and file.endswith(('.yml', '.yaml'))
+        if not metafile or args or kwargs:
             return original(file, *args, **kwargs)
         if file not in cache:
             cache[file] = original(file)
         return cache[file]
 
-    load._mmsgformer_cached = True
+    load._cached = True
     utils.load = load
 
 
