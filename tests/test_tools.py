@@ -279,10 +279,12 @@ def test_visualize_significance_writes_pictures(sample_image, tmp_path):
                       '--out-dir', str(out)]) == 0
     sig = sorted(out.glob('significance_*.png'))
     real = sorted(out.glob('reallocation_*.png'))
-    # one hybrid-scale block per pair of blocks in stages 1-3: 1 + 2 + 1
+    # one hybrid-scale block per pair of blocks in stages 0-2: 1 + 2 + 1 (0-based numbering)
     assert len(sig) == len(real) == 4
-    assert {p.name for p in real} == {'reallocation_s1_b1.png', 'reallocation_s2_b1.png',
-                                      'reallocation_s2_b3.png', 'reallocation_s3_b1.png'}
+    assert {p.name for p in sig} == {'significance_s0_b0.png', 'significance_s1_b0.png',
+                                     'significance_s1_b2.png', 'significance_s2_b0.png'}
+    assert {p.name for p in real} == {'reallocation_s0_b1.png', 'reallocation_s1_b1.png',
+                                      'reallocation_s1_b3.png', 'reallocation_s2_b1.png'}
     for p in sig + real:
         im = np.asarray(Image.open(p).convert('RGB'), dtype=np.float64)
         assert im.shape == (112 + tool.CAPTION_H, 224, 3)

@@ -6,19 +6,20 @@ the stage-1 sizes of SG-Former (sr ratio 8, C=64) for a 224x224 image (B=8, N=31
 800x1344 detection image (B=2, N=200*336=67200).
 
 Memory: peak resident set size above the level before the call, read from the kernel
-(``VmHWM`` after resetting it through ``/proc/self/clear_refs``, minus ``VmRSS`` before). It
-sees every allocation (torch's and the extension's own), unlike ``tracemalloc``. The script
-re-executes itself with ``MALLOC_MMAP_THRESHOLD_=65536`` so that freed tensors go back to the OS
-and each measurement starts from the same level. Linux only (elsewhere memory shows as n/a).
+(:class:`mmsgformer.utils.PeakRSS`: ``VmHWM`` after resetting it through
+``/proc/self/clear_refs``, minus ``VmRSS`` after the reset). It sees every allocation (torch's
+and the extension's own), unlike ``tracemalloc``. The script re-executes itself with
+``MALLOC_MMAP_THRESHOLD_=65536`` so that freed tensors go back to the OS and each measurement
+starts from the same level. Linux only (elsewhere memory shows as n/a).
 
 Usage: python tools/analysis_tools/benchmark_op.py [--threads 2] [--repeat 10]
 """
 import argparse
-import gc
 import os
 import statistics
 import sys
 import time
+from typing import Callable, Optional
 
 SIZES = [  # (name, B, N, C, sr_ratio)
     ('224x224 stage 1', 8, 56 * 56, 64, 8),
@@ -26,26 +27,12 @@ SIZES = [  # (name, B, N, C, sr_ratio)
 ]
 
 
-def _status_kb(field):
-    with open('/proc/self/status') as f:
-        for line in f:
-            if line.startswith(field + ':'):
-                return int(line.split()[1])
-    raise KeyError(field)
-
-
-def peak_extra_mb(fn):
-    """Peak RSS above the current level while ``fn()`` runs, in MB (None if unsupported)."""
-    gc.collect()
-    try:
-        with open('/proc/self/clear_refs', 'w') as f:
-            f.write('5')  # reset VmHWM to the current RSS
-        base = _status_kb('VmRSS')
-    except OSError:
+def peak_extra_mb(fn: Callable[[], object]) -> Optional[float]:
+    """Peak RSS above the current level while ``fn()`` runs, in MiB (None if unsupported)."""
+    from mmsgformer.utils import PeakRSS  # (imports torch: after the re-exec in main)
+    with PeakRSS() as mem:
         fn()
-        return None
-    fn()
-    return (_status_kb('VmHWM') - base) / 1024
+    return mem.growth_mib if mem.reset_ok else None
 
 
 def time_ms(fn, repeat, warmup):

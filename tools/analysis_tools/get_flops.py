@@ -23,6 +23,7 @@ import time
 from mmengine.config import DictAction
 
 from mmsgformer.analysis.flops import analyze_config, format_report
+from mmsgformer.utils import load_config
 
 
 def parse_args(argv=None):
@@ -45,7 +46,8 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     t0 = time.perf_counter()
-    report = analyze_config(args.config, args.shape, args.cfg_options)
+    cfg, _ = load_config(args.config, args.cfg_options)
+    report = analyze_config(cfg, args.shape)
     print(format_report(report))
     print(f'(traced in {time.perf_counter() - t0:.1f} s)')
     if args.json:

@@ -6,6 +6,9 @@ image. For every self-guided block it writes ``reallocation_s{stage}_b{block}.pn
 region coloured by how finely the block represents its tokens, i.e. the group size ``g`` of the
 segment its significance rank falls in (``1/g`` resolution; red = finest, blue = coarsest).
 ``summary.png`` puts all panels in one figure. Every picture says whether the weights are random.
+Stages and blocks are numbered from 0, as ``out_indices`` and
+``mmsgformer.models.SignificanceRecord`` do: ``s0_b0`` is the first (hybrid-scale) block of the
+first stage, ``s0_b1`` the self-guided block after it.
 
 Per-block PNGs are exactly ``W x (H + 40)`` pixels for a ``--size H W`` input (the image plus a
 caption strip).
@@ -63,8 +66,8 @@ def build_backbone(config: Optional[str], checkpoint: Optional[str], arch: str,
     """
     from mmsgformer.models import SGFormer
     if config:
-        from mmengine.config import Config
-        cfg = Config.fromfile(config)
+        from mmsgformer.utils import load_config
+        cfg, _ = load_config(config)
         bb = copy.deepcopy(cfg.model.get('backbone'))
         if bb is None:
             raise ValueError(f'config {config!r} has no model.backbone')
@@ -151,7 +154,7 @@ def visualize(backbone: torch.nn.Module, rgb: np.ndarray, x: torch.Tensor, out_d
         _, records = backbone(x, return_significance=True)
     if not records:
         raise ValueError('the backbone returned no significance records '
-                         '(no hybrid-scale block in stages 1-3)')
+                         '(no hybrid-scale block in stages 0-2)')
     written: Dict[str, List[str]] = {'significance': [], 'reallocation': [], 'summary': []}
     panels = []
     for rec in records:
