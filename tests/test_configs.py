@@ -44,7 +44,7 @@ TINY = {
 def _load(name):
     from mmengine.config import Config
     import mmsgformer  # noqa: F401
-    DUMP.cache_metafile_reads()  # mmengine re-reads every mmdet/mmseg metafile otherwise
+    DUMP.cache_codebase_lookups()  # else mmengine re-reads every metafile for every base
     return Config.fromfile(osp.join(CONFIG_DIR, name))
 
 

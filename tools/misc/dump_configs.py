@@ -28,29 +28,41 @@ HEADER = '### '
 _SCALARS = (str, int, float, bool, type(None))
 
 
-def cache_metafile_reads() -> None:
-    """Read each codebase metafile once per process instead of once per ``codebase::`` base.
+def cache_codebase_lookups() -> None:
+    """Look each installed codebase and its metafiles up once per process, not once per base.
 
-    To resolve ``mmdet::x.py`` mmengine (``mmengine.config.utils._get_cfg_metainfo``) loads the
-    model index and every ``metafile.yml`` of the installed codebase, for every such base: 0.5-3 s
-    a config. The files are only read, so a cache keyed by path returns the same dicts. Without
-    the hook (another mmengine) nothing changes but the speed.
+    To resolve a ``mmdet::x.py`` base, mmengine checks that mmdet is installed
+    (``mmengine.utils.is_installed`` reloads ``pkg_resources``: 0.1 s) and loads mmdet's model
+    index and every ``metafile.yml`` (``mmengine.config.utils._get_cfg_metainfo``: 0.5-3 s), for
+    every such base. Both answers are fixed for the process (the metafiles are only read), so a
+    cache returns the same values. With another mmengine layout nothing changes but the speed.
     """
+    import mmengine.config.config as config_module
     import mmengine.config.utils as utils
-    if not callable(getattr(utils, 'load', None)) or getattr(utils.load, '_cached', False):
-        return
-    original, cache = utils.load, {}
+    if callable(getattr(utils, 'load', None)) and not getattr(utils.load, '_cached', False):
+        original_load, files = utils.load, {}
 
-    def load(file, *args, **kwargs):
-        metafile = isinstance(file, str) and file.endswith(('.yml', '.yaml'))
-        if not metafile or args or kwargs:
-            return original(file, *args, **kwargs)
-        if file not in cache:
-            cache[file] = original(file)
-        return cache[file]
+        def load(file, *args, **kwargs):
+            metafile = isinstance(file, str) and file.endswith(('.yml', '.yaml'))
+            if not metafile or args or kwargs:
+                return original_load(file, *args, **kwargs)
+            if file not in files:
+                files[file] = original_load(file)
+            return files[file]
 
-    load._cached = True
-    utils.load = load
+        load._cached = True
+        utils.load = load
+    installed = getattr(config_module, 'is_installed', None)
+    if callable(installed) and not getattr(installed, '_cached', False):
+        found = set()
+
+        def is_installed(package: str) -> bool:
+            if package not in found and installed(package):
+                found.add(package)  # only a positive answer is kept
+            return package in found
+
+        is_installed._cached = True
+        config_module.is_installed = is_installed
 
 
 def config_paths(repo: str = REPO) -> List[str]:
@@ -132,7 +144,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument('--dump', default=DUMP, help='dump file (default: %(default)s)')
     args = parser.parse_args(argv)
     import mmsgformer  # noqa: F401  (the configs' custom_imports)
-    cache_metafile_reads()
+    cache_codebase_lookups()
     current = {p: resolve(p) for p in config_paths()}
     if args.write:
         write_dump(current, args.dump)
