@@ -198,6 +198,9 @@ def test_detect_codebase(tmp_path):
     assert detect_codebase(seg) == 'mmseg'
     with pytest.raises(ValueError, match='cannot tell the codebase'):
         detect_codebase(Config(dict(model=dict(type='MaskRCNN'))))
+    from mmsgformer.utils import register_codebase
+    with pytest.raises(ValueError, match="codebase='mmocr' must be one of"):
+        register_codebase('mmocr')
 
 
 def test_demo_records_metrics_before_and_after(data, tmp_path):

@@ -1,7 +1,7 @@
 """Evaluate a checkpoint of any mmsgformer config (mmpretrain, mmdet or mmsegmentation).
 
-The codebase is detected as in ``tools/train.py`` (:func:`mmsgformer.utils.detect_codebase`); mmsgformer is imported first, so runner
-checkpoints load with torch's weights-only unpickler.
+The codebase is detected as in ``tools/train.py`` (:func:`mmsgformer.utils.detect_codebase`);
+mmsgformer is imported first, so runner checkpoints load with torch's weights-only unpickler.
 
 Usage::
 

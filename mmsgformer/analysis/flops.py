@@ -342,12 +342,8 @@ def default_shape(cfg) -> Tuple[int, int]:
 
 
 def _register_scope(scope: str) -> None:
-    import importlib
-
-    from mmengine.registry import init_default_scope
-    importlib.import_module(f'{scope}.utils').register_all_modules(False)
-    init_default_scope(scope)
-    import mmsgformer.models  # noqa: F401  (registers the backbones)
+    from mmsgformer.utils import register_codebase
+    register_codebase(scope)
 
 
 def build_model(cfg) -> Tuple[nn.Module, str]:

@@ -1,4 +1,5 @@
-"""Config loading and the one codebase detector of the tools."""
+"""Config loading, the one codebase detector of the tools, and codebase registration."""
+import importlib
 import os.path as osp
 import re
 from typing import Any, List, Optional, Tuple, Union
@@ -55,6 +56,18 @@ def detect_codebase(config: Union[str, Any], default_scope: Optional[str] = None
                          f'its _base_ chain uses the prefixes {found}; exactly one of '
                          f'{[c + "::" for c in CODEBASES]} is needed (or set default_scope)')
     return found[0]
+
+
+def register_codebase(codebase: str) -> None:
+    """Register every module of ``codebase`` (one of :data:`CODEBASES`) in its registries, make
+    it mmengine's default scope, and register mmsgformer's backbones: what building a config's
+    model outside a Runner needs."""
+    if codebase not in CODEBASES:
+        raise ValueError(f'codebase={codebase!r} must be one of {CODEBASES}')
+    from mmengine.registry import init_default_scope
+    importlib.import_module(f'{codebase}.utils').register_all_modules(init_default_scope=False)
+    init_default_scope(codebase)
+    import mmsgformer.models  # noqa: F401  (registers the backbones)
 
 
 def load_config(config_path: str, cfg_options: Optional[dict] = None) -> Tuple[Any, str]:
