@@ -14,7 +14,6 @@ import pytest
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 sys.path.insert(0, osp.join(REPO, 'tools'))
-sys.path.insert(0, osp.join(REPO, 'tools', 'misc'))  # make_synthetic_data
 SEG_DEMO = osp.join(REPO, 'configs', 'demo', 'upernet_sgformer_demo.py')
 
 
@@ -41,11 +40,11 @@ log_level = 'WARNING'
 @pytest.fixture(scope='module')
 def runs(tmp_path_factory):
     import torch
-    from make_synthetic_data import make_ade20k
     from mmengine.hooks import Hook
     from mmengine.runner import Runner
 
     from mmsgformer.utils import load_config
+    from mmsgformer.utils.synthetic_data import make_ade20k
 
     class Recorder(Hook):
         priority = 'LOWEST'
