@@ -134,6 +134,20 @@ def test_parse_junit(tmp_path):
     assert j['skips'] == {'no CUDA device visible': 1}
 
 
+def test_parse_pytest_log():
+    text = textwrap.dedent("""\
+        tests/test_op_devices.py::test_a[cuda] PASSED                     [  1%]
+        tests/test_op_devices.py::test_b[cuda] FAILED                     [  2%]
+        tests/test_op_devices.py::test_c[cpu] SKIPPED (no CUDA device)    [  3%]
+        tests/test_backbone_cuda.py::test_d[s-800x1344] ERROR             [  4%]
+        FAILED tests/test_op_devices.py::test_b[cuda] - AssertionError
+        """)
+    j = gpu_check.parse_pytest_log(text)
+    assert (j['tests'], j['passed'], j['failed'], j['errors'], j['skipped']) == (4, 1, 1, 1, 1)
+    assert [f['test'] for f in j['failures']] == ['tests/test_op_devices.py::test_b[cuda]',
+                                                  'tests/test_backbone_cuda.py::test_d[s-800x1344]']
+
+
 def test_benchmark_table_ratios():
     def cell(model, size, prec, seconds, mode):
         return dict(model=model, size=size, precision=prec, seconds=seconds, mode=mode,

@@ -55,6 +55,7 @@ STAGES = ('wheels', 'build', 'tests', 'memcheck', 'benchmark')
 STAGE_TIMEOUT = {'wheels': 60, 'build': 420, 'tests': 300, 'memcheck': 180, 'benchmark': 300}
 STAGE_RESERVE = {'wheels': 10, 'build': 60, 'tests': 60, 'memcheck': 0, 'benchmark': 90}
 NO_GPU = 'skipped: no GPU'
+PER_TEST_TIMEOUT = 240  # s, with pytest-timeout when it is installed
 OPENMMLAB_CODEBASES = ('mmcv', 'mmdet', 'mmseg', 'mmpretrain')
 TEST_FILES = ['tests/test_op_devices.py', 'tests/test_backbone_cuda.py']
 # under memcheck: the op tests named memcheck_subset (cuda cases) and the tiny backbone at 224
@@ -179,6 +180,31 @@ def parse_junit(path: Path) -> dict:
                 out['skips'][reason] = out['skips'].get(reason, 0) + 1
             else:
                 out['passed'] += 1
+    return out
+
+
+def parse_pytest_log(text: str) -> dict:
+    """The same counts as :func:`parse_junit` from ``pytest -v`` lines (``path::test STATUS``).
+
+    Used when pytest was killed before it wrote its XML; failure messages are not in these lines.
+    """
+    out = {'tests': 0, 'passed': 0, 'failed': 0, 'errors': 0, 'skipped': 0, 'failures': [],
+           'skips': {}, 'from_log': True}
+    seen = set()
+    for m in re.finditer(r'^(\S+::\S+) (PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS)\b', text,
+                         re.MULTILINE):
+        test, status = m.groups()
+        if (test, status) in seen:
+            continue
+        seen.add((test, status))
+        out['tests'] += 1
+        if status in ('PASSED', 'XPASS'):
+            out['passed'] += 1
+        elif status in ('SKIPPED', 'XFAIL'):
+            out['skipped'] += 1
+        else:
+            out['failed' if status == 'FAILED' else 'errors'] += 1
+            out['failures'].append({'test': test, 'message': '(see the log)'})
     return out
 
 
@@ -466,12 +492,18 @@ class Check:
         junit = self.work / f'junit-{name}.xml'
         if junit.exists():
             junit.unlink()
-        cmd = list(prefix) + [sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider',
+        # -v: one line per test in the log, so a run cut by the timeout still shows its results
+        cmd = list(prefix) + [sys.executable, '-m', 'pytest', '-v', '-p', 'no:cacheprovider',
                               '-rfEs', f'--junitxml={junit}'] + args
-        res = run_command(cmd, self.out / f'{name}.log', timeout, env=self.child_env(**env_extra))
+        if _findable('pytest_timeout'):
+            cmd[len(prefix) + 3:len(prefix) + 3] = ['--timeout', str(PER_TEST_TIMEOUT)]
+        log = self.out / f'{name}.log'
+        res = run_command(cmd, log, timeout, env=self.child_env(**env_extra))
         result = {'command': ' '.join(cmd), 'rc': res['rc']}
         if junit.exists():
             result['junit'] = parse_junit(junit)
+        elif log.exists():  # killed before pytest wrote the XML: what the log shows
+            result['junit'] = parse_pytest_log(log.read_text(errors='replace'))
         if res['timed_out']:
             result['status'] = 'timeout'
         elif res['rc'] == 0:
