@@ -206,10 +206,29 @@ if [ "$MMSGFORMER_SRC" != "$REPO_DIR" ]; then
   ( cd "$REPO_DIR" && git ls-files -z -co --exclude-standard | tar --null -cf - -T - ) \
     | tar -xf - -C "$MMSGFORMER_SRC" || fail "could not copy $REPO_DIR to $MMSGFORMER_SRC"
 fi
+# The editable install is current when this venv points at $MMSGFORMER_SRC and the op library
+# there is the one this script built last (its stamp) and newer than the op sources and the
+# packaging files: then the 40-120 s rebuild is skipped.
+op_stamp() {
+  local so
+  so=$(ls "$MMSGFORMER_SRC"/mmsgformer/_C*.so 2>/dev/null | head -n 1) || true
+  [ -n "$so" ] || return 0
+  [ -z "$(find "$MMSGFORMER_SRC/mmsgformer/ops/csrc" "$MMSGFORMER_SRC/setup.py" \
+          "$MMSGFORMER_SRC/pyproject.toml" "$MMSGFORMER_SRC/mmsgformer/version.py" -newer "$so" 2>/dev/null)" ] || return 0
+  echo "$MMSGFORMER_SRC torch=$TORCH_VERSION FORCE_CUDA=${FORCE_CUDA:-} $(cksum < "$so")"
+}
 STEP="install mmsgformer (editable, builds its C++ op)"
-log "$STEP"
-pip_quiet install --no-build-isolation --use-pep517 --no-deps -e "$MMSGFORMER_SRC" \
-  || fail "pip install -e $MMSGFORMER_SRC"
+EDITABLE_AT=$(cd / && "$VPY" -c 'import importlib.util as u; s = u.find_spec("mmsgformer"); print(s.origin if s else "")' 2>/dev/null || true)
+CURRENT=$(op_stamp)
+if [ "$EDITABLE_AT" = "$MMSGFORMER_SRC/mmsgformer/__init__.py" ] && [ -n "$CURRENT" ] \
+    && [ "$(cat "$VENV/.mmsgformer-op" 2>/dev/null)" = "$CURRENT" ]; then
+  log "mmsgformer already installed from $MMSGFORMER_SRC, op up to date (skipping the rebuild)"
+else
+  log "$STEP"
+  pip_quiet install --no-build-isolation --use-pep517 --no-deps -e "$MMSGFORMER_SRC" \
+    || fail "pip install -e $MMSGFORMER_SRC"
+  op_stamp > "$VENV/.mmsgformer-op"
+fi
 ( cd "$MMSGFORMER_SRC" && "$VPY" -c 'import mmsgformer, mmsgformer.ops as o; assert o.op_available()' ) \
   || fail "mmsgformer (with its compiled op) does not import after install"
 log "environment ready: $VENV (activate with: source $VENV/bin/activate)"
