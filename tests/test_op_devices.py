@@ -320,9 +320,9 @@ def test_cuda_matches_cpu_kernel(dtype, tol):
     for name, got, exp in zip(('out', 'grad_x', 'grad_w', 'grad_b'), results['cuda'],
                               results['cpu']):
         if name in ('grad_w', 'grad_b') and dtype != torch.float64:
-            # reductions over B*N terms in another order: relative agreement only
+            # reductions over B*N terms in another order (then rounded to the weight dtype)
             scale = max(1.0, exp.abs().max().item())
-            assert max_err(got, exp) <= 1e-4 * scale, name
+            assert max_err(got, exp) <= max(1e-4, tol) * scale, name
         else:
             assert max_err(got, exp) <= tol * max(1.0, exp.abs().max().item()), name
 
