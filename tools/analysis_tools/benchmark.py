@@ -328,7 +328,9 @@ def format_table(results: List[dict], reference: str = REFERENCE) -> str:
                      f"{_fmt(r.get('gmac_step'), '9.4g'):>9} "
                      f"{_fmt(r.get('gmac_per_s'), '8.4g'):>8} {r['peak_mib']:>9.0f} "
                      f"{r['growth_mib']:>10.0f} {mem:>16} {cpu:>6} {r['params_m']:>9.2f}")
-    notes = [f'GMac: multiply-adds of one step (mmsgformer.analysis.flops on the cell\'s model '
+    notes = [f'time / growth vs {short}: seconds per image / peak memory growth over those of '
+             f'{reference} in the same mode and input in this run (> 1 = slower / more).',
+             f'GMac: multiply-adds of one step (mmsgformer.analysis.flops on the cell\'s model '
              f'and input); GMac/s = GMac / s/step.']
     if train_rows:
         notes.append(f'train rows: GMac = {TRAIN_MAC_FACTOR}x the forward\'s multiply-adds '
