@@ -10,8 +10,8 @@ Modes (``--modes``):
   median of ``--repeats`` timed forwards (default 5).
 * ``train``: train mode, drop path 0, one step = forward, ``loss = sum over the outputs of
   mean(out ** 2)``, ``loss.backward()`` (``--zero-grad``: ``model.zero_grad(set_to_none=True)``
-  before every step; otherwise gradients accumulate, as in the baseline of issue 10); default
-  1 warm-up step and the best of 2 timed steps.
+  before every step; otherwise the gradients accumulate in place); default 1 warm-up step and
+  the best of 2 timed steps.
 
 Inputs (``--sizes``):
 
@@ -24,8 +24,9 @@ Inputs (``--sizes``):
 
 Columns: ``s/step`` (one forward, or one fwd+bwd step, of the whole batch); ``time vs Swin-T``
 (seconds per image over Swin-T's in the same mode and input, > 1 = slower); ``GMac``: multiply-adds
-of one step, counted by :mod:`mmsgformer.analysis.flops` on the cell's model and input (a train
-step counts as 3x the forward's: forward, plus backward to the inputs and to the weights);
+of one step, counted by :mod:`mmsgformer.analysis.flops` on the cell's model and input (one
+traced eval-mode forward after the timing; a train step counts as 3x the forward's: forward,
+plus backward to the inputs and to the weights);
 ``GMac/s = GMac / s/step``. Memory: ``peak MiB`` is the process's peak RSS (``VmHWM``) during the
 warm-up and timed steps; the high-water mark is reset right after the model and input are built,
 and ``growth MiB`` is that peak minus the RSS at that moment (model weights and the
