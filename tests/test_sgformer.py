@@ -579,3 +579,24 @@ def test_bad_arguments(kwargs, match):
 def test_bad_input(x, match):
     with pytest.raises(ValueError, match=match):
         tiny()(x)
+
+
+def test_fast_path_training_under_bf16_autocast():
+    """A bf16 autocast training step runs on the fast path and stays close to the plain one."""
+    torch.manual_seed(0)
+    plain = tiny(sga_impl='auto', fast_path=False).train()
+    plain.init_weights()
+    fast = tiny(sga_impl='auto').train()
+    fast.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 3, 64, 96)
+    grads = []
+    for m in (plain, fast):
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            outs = m(x)
+            loss = sum((o.float() ** 2).mean() for o in outs)
+        loss.backward()
+        grads.append(torch.cat([p.grad.flatten() for p in m.parameters()]))
+        assert all(o.dtype == torch.bfloat16 or o.dtype == torch.float32 for o in outs)
+    assert torch.isfinite(grads[1]).all()
+    cos = torch.nn.functional.cosine_similarity(grads[0], grads[1], dim=0).item()
+    assert cos > 0.98, cos

@@ -16,8 +16,6 @@ Training (autograd on):
   (``conv(GELU(GroupNorm(x)))`` of the stem and the downsampling) save only their input and
   recompute the cheap element-wise / depthwise part in backward: the GELU input, the GELU output
   and the normalized map are never stored (design §4, "Memory").
-* :func:`project`: the linear layers applied to the same tokens run as one GEMM.
-
 Inference (autograd off):
 
 * :func:`project` with the concatenated weights cached (not registered: the state dict is
@@ -75,31 +73,27 @@ def project(module: nn.Module, y: torch.Tensor,
     """The ``nn.Linear`` children of ``module`` named in ``groups``, applied to ``y (B, N, C)``.
 
     Returns one tensor per group: the outputs of the group's layers side by side along the last
-    axis. Plain path: one GEMM per layer (a concatenation for groups of several layers). Fast
-    path: one GEMM for all of them, each group's result a column view of one buffer; in
-    inference the concatenated weight and bias are cached on ``module`` and rebuilt when a
-    parameter is replaced or modified in place.
+    axis. Plain path (and training): one GEMM per layer, a concatenation for groups of several
+    layers. Fast path in inference: one GEMM for all of them with the concatenated weight and
+    bias cached on ``module`` (rebuilt when a parameter is replaced or modified in place), each
+    group's result a column view of one buffer. Training keeps separate outputs: a view saved
+    for backward (the attention's queries, say) would keep the whole fused buffer alive.
     """
     layers = [[getattr(module, n) for n in group] for group in groups]
     flat = [m for group in layers for m in group]
     fusable = all(m.bias is not None and m.out_features >= _MIN_FUSED_WIDTH for m in flat)
-    if not (use_fast_path(module) and fusable and len(flat) > 1):
+    if not (use_fast_path(module) and fusable and len(flat) > 1) or torch.is_grad_enabled():
         outs = [[m(y) for m in group] for group in layers]
         return [o[0] if len(o) == 1 else torch.cat(o, dim=-1) for o in outs]
     names = tuple(n for group in groups for n in group)
-    if torch.is_grad_enabled():  # differentiable concatenation, rebuilt every call (cheap)
-        weight = torch.cat([m.weight for m in flat])
-        bias = torch.cat([m.bias for m in flat])
-    else:
-        params = [p for m in flat for p in (m.weight, m.bias)]
-        key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params)
-        cache = module.__dict__.setdefault('_fused_cache', {})
-        entry = cache.get(names)
-        if entry is None or entry[0] != key:
-            entry = (key, torch.cat([m.weight for m in flat]), torch.cat([m.bias for m in flat]))
-            cache[names] = entry
-        weight, bias = entry[1], entry[2]
-    out = F.linear(y, weight, bias)
+    params = [p for m in flat for p in (m.weight, m.bias)]
+    key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params)
+    cache = module.__dict__.setdefault('_fused_cache', {})
+    entry = cache.get(names)
+    if entry is None or entry[0] != key:
+        entry = (key, torch.cat([m.weight for m in flat]), torch.cat([m.bias for m in flat]))
+        cache[names] = entry
+    out = F.linear(y, entry[1], entry[2])
     return list(out.split([sum(m.out_features for m in group) for group in layers], dim=-1))
 
 
@@ -188,19 +182,27 @@ def attention_and_key_mass(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sc
 # ---------------------------------------------------------------------------------- FFN
 
 
+def _no_autocast(t: torch.Tensor):
+    """A context without autocast on ``t``'s device: the recomputing functions below handle
+    dtypes themselves, identically in forward and in the recomputation of backward."""
+    return torch.autocast(device_type=t.device.type, enabled=False)
+
+
+def _reduced(dtype: torch.dtype) -> bool:
+    return dtype in (torch.float16, torch.bfloat16)
+
+
 class _FFNTail(torch.autograd.Function):
     """``fc2(GELU(z + dwconv(z)))`` saving ``z`` only; backward recomputes the GELU input and
     output (a depthwise conv and an element-wise op) instead of storing two ``(B, N, 4C)``
-    tensors."""
+    tensors. All tensors in ``z``'s dtype; returns ``(B*N, C)`` (a fresh tensor, so the block
+    may add into a view of it in place)."""
 
     @staticmethod
     def forward(ctx, z, H, W, dw_weight, dw_bias, fc2_weight, fc2_bias):
-        with torch.no_grad():
+        with torch.no_grad(), _no_autocast(z):
             h = _ffn_hidden(z, H, W, dw_weight, dw_bias)
-            # a fresh tensor, not a view of the GEMM result: the block adds into it in place
-            out = h.new_empty(h.shape[:-1] + (fc2_weight.shape[0], ))
-            torch.addmm(fc2_bias, h.reshape(-1, h.shape[-1]), fc2_weight.t(),
-                        out=out.view(-1, out.shape[-1]))
+            out = F.linear(h.reshape(-1, h.shape[-1]), fc2_weight, fc2_bias)
         ctx.save_for_backward(z, dw_weight, dw_bias, fc2_weight)
         ctx.hw = (H, W)
         return out
@@ -209,17 +211,19 @@ class _FFNTail(torch.autograd.Function):
     def backward(ctx, grad_out):
         z, dw_weight, dw_bias, fc2_weight = ctx.saved_tensors
         need_z, _, _, need_dww, need_dwb, need_w2, need_b2 = ctx.needs_input_grad
-        with torch.enable_grad():
+        with torch.enable_grad(), _no_autocast(z):
             leaves = [t.detach().requires_grad_(n) for t, n in
                       ((z, need_z), (dw_weight, need_dww), (dw_bias, need_dwb))]
             h = _ffn_hidden(leaves[0], *ctx.hw, leaves[1], leaves[2])
-        g2 = grad_out.reshape(-1, grad_out.shape[-1])
-        grad_w2 = g2.t() @ h.detach().reshape(-1, h.shape[-1]) if need_w2 else None
-        grad_b2 = g2.sum(0) if need_b2 else None
+        h2 = h.detach().reshape(-1, h.shape[-1])
+        grad_out = grad_out.to(z.dtype)
+        grad_w2 = grad_out.t() @ h2 if need_w2 else None
+        grad_b2 = grad_out.sum(0) if need_b2 else None
         grads = [None, None, None]
         wanted = [t for t in leaves if t.requires_grad]
         if wanted:
-            got = iter(torch.autograd.grad(h, wanted, grad_out @ fc2_weight))
+            grad_h = (grad_out @ fc2_weight).view_as(h)
+            got = iter(torch.autograd.grad(h, wanted, grad_h))
             grads = [next(got) if t.requires_grad else None for t in leaves]
         return grads[0], None, None, grads[1], grads[2], grad_w2, grad_b2
 
@@ -234,11 +238,17 @@ def _ffn_hidden(z: torch.Tensor, H: int, W: int, dw_weight: torch.Tensor,
 
 def ffn_tail(mlp: nn.Module, z: torch.Tensor, H: int, W: int) -> Optional[torch.Tensor]:
     """Fast ``mlp.fc2(GELU(z + mlp.dwconv(z)))`` for training, or ``None`` when the plain path
-    applies (inference, no gradient, ``torch.compile``)."""
+    applies (inference, no gradient, ``torch.compile``).
+
+    Under autocast ``z`` (the ``fc1`` output) has the autocast dtype and the weights are cast
+    to it, as autocast would cast them for the conv and the GEMM.
+    """
     if not _recompute_allowed(mlp, z, mlp.fc2.weight):
         return None
-    conv = mlp.dwconv.dwconv
-    return _FFNTail.apply(z, H, W, conv.weight, conv.bias, mlp.fc2.weight, mlp.fc2.bias)
+    conv, fc2 = mlp.dwconv.dwconv, mlp.fc2
+    params = [p.to(z.dtype) for p in (conv.weight, conv.bias, fc2.weight, fc2.bias)]
+    out = _FFNTail.apply(z, H, W, *params)
+    return out.view(*z.shape[:-1], fc2.out_features)
 
 
 # ---------------------------------------------------------------------------------- convs
@@ -246,12 +256,15 @@ def ffn_tail(mlp: nn.Module, z: torch.Tensor, H: int, W: int) -> Optional[torch.
 
 class _NormActConv(torch.autograd.Function):
     """``conv(GELU(GroupNorm(1, C)(x)))`` saving ``x`` only; backward recomputes the normalized,
-    activated map (the conv's input) and takes the conv's gradients from it."""
+    activated map (the conv's input) and takes the conv's gradients from it.
+
+    The GroupNorm and GELU run in float32 for float16/bfloat16 ``x`` (as under autocast), the
+    conv in ``x``'s dtype (its weight is given in that dtype)."""
 
     @staticmethod
     def forward(ctx, x, gn_weight, gn_bias, eps, conv_weight, stride, padding, groups):
-        with torch.no_grad():
-            a = F.gelu(F.group_norm(x, 1, gn_weight, gn_bias, eps))
+        with torch.no_grad(), _no_autocast(x):
+            a = _norm_act(x, gn_weight, gn_bias, eps)
             out = F.conv2d(a, conv_weight, None, stride, padding, 1, groups)
         ctx.save_for_backward(x, gn_weight, gn_bias, conv_weight)
         ctx.args = (eps, stride, padding, groups)
@@ -262,14 +275,14 @@ class _NormActConv(torch.autograd.Function):
         x, gn_weight, gn_bias, conv_weight = ctx.saved_tensors
         eps, stride, padding, groups = ctx.args
         need_x, need_gw, need_gb, _, need_cw = ctx.needs_input_grad[:5]
-        with torch.enable_grad():
+        with torch.enable_grad(), _no_autocast(x):
             leaves = [t.detach().requires_grad_(n) for t, n in
                       ((x, need_x), (gn_weight, need_gw), (gn_bias, need_gb))]
-            a = F.gelu(F.group_norm(leaves[0], 1, leaves[1], leaves[2], eps))
+            a = _norm_act(leaves[0], leaves[1], leaves[2], eps)
         need_a = any(t.requires_grad for t in leaves)
         grad_a, grad_cw, _ = torch.ops.aten.convolution_backward(
-            grad_out, a.detach(), conv_weight, None, [stride] * 2, [padding] * 2, [1, 1], False,
-            [0, 0], groups, [need_a, need_cw, False])
+            grad_out.to(x.dtype), a.detach(), conv_weight, None, [stride] * 2, [padding] * 2,
+            [1, 1], False, [0, 0], groups, [need_a, need_cw, False])
         grads = [None, None, None]
         wanted = [t for t in leaves if t.requires_grad]
         if wanted:
@@ -279,13 +292,22 @@ class _NormActConv(torch.autograd.Function):
                 None, None, None)
 
 
+def _norm_act(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+              eps: float) -> torch.Tensor:
+    """``GELU(GroupNorm(1, C)(x))`` in float32 for reduced-precision ``x``, cast back."""
+    if _reduced(x.dtype):
+        a = F.gelu(F.group_norm(x.float(), 1, weight.float(), bias.float(), eps))
+        return a.to(x.dtype)
+    return F.gelu(F.group_norm(x, 1, weight, bias, eps))
+
+
 def norm_act_conv(norm: nn.GroupNorm, conv: nn.Conv2d, x: torch.Tensor) -> Optional[torch.Tensor]:
     """Fast ``conv(GELU(norm(x)))`` for training (``norm`` a ``GroupNorm(1, C)``, ``conv``
     bias-free, square stride/padding, dilation 1), or ``None`` when the plain path applies."""
     if not _recompute_allowed(conv, x, conv.weight):
         return None
-    return _NormActConv.apply(x, norm.weight, norm.bias, norm.eps, conv.weight, conv.stride[0],
-                              conv.padding[0], conv.groups)
+    return _NormActConv.apply(x, norm.weight, norm.bias, norm.eps, conv.weight.to(x.dtype),
+                              conv.stride[0], conv.padding[0], conv.groups)
 
 
 # ---------------------------------------------------------------------------------- inference
