@@ -16,6 +16,7 @@ torch < 2.4 has no ``add_safe_globals`` (and loads with ``weights_only=False`` b
 torch's own weights-only unpickler accepts plus these classes, and refuses every other global.
 """
 import argparse
+import codecs
 import pickle
 import types
 from typing import Any, Dict, List
@@ -71,6 +72,8 @@ def _restricted_allowed() -> Dict[str, object]:
     for name, value in list(vars(torch).items()):  # vars: no lazy submodule imports
         if isinstance(value, torch.dtype):
             allowed[f'torch.{name}'] = value
+    # numpy 1.x pickles array bytes as _codecs.encode(text, 'latin1') (torch >= 2.4 allows it too)
+    allowed['_codecs.encode'] = codecs.encode
     for obj in safe_globals():
         if obj is getattr:
             continue
