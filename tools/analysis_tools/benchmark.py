@@ -67,6 +67,8 @@ MODELS: Dict[str, Tuple[str, str]] = {
     'sgformer-s': ('sgformer', 's'),
     'sgformer-m': ('sgformer', 'm'),
     'sgformer-b': ('sgformer', 'b'),
+    # the plain computation (fast_path=False): what the fast paths are measured against
+    'sgformer-s-plain': ('sgformer', 's-plain'),
     'swin-t': ('swin', 'tiny'),
     'swin-s': ('swin', 'small'),
     'swin-b': ('swin', 'base'),
@@ -127,10 +129,13 @@ def _build_backbone(family: str, arch: str, dense: bool, img_hw: Tuple[int, int]
     out_indices = (0, 1, 2, 3) if dense else (3, )
     if family == 'sgformer':
         from mmsgformer import SGFormer
-        a = dict(SGFORMER_TINY) if arch == 'tiny' else arch
+        a = dict(SGFORMER_TINY) if arch == 'tiny' else arch.replace('-plain', '')
+        # fast_path is passed only to turn it off, so an older checkout on PYTHONPATH
+        # (before fast_path existed) can be measured in the same session
+        plain = dict(fast_path=False) if arch.endswith('-plain') else {}
         return SGFormer(arch=a, out_indices=out_indices, pretrain_img_size=224,
                         mlp_ratio=2 if arch == 'tiny' else 4, drop_path_rate=0.,
-                        with_cp=with_cp)
+                        with_cp=with_cp, **plain)
     if family == 'focal':
         from mmsgformer import FocalTransformer
         a = dict(FOCAL_TINY_TEST) if arch == 'tiny-test' else arch
