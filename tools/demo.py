@@ -9,13 +9,16 @@ Steps (about 10 minutes on 2 CPU cores, no downloads):
    shrunk) is evaluated with mmdet's COCO metric right after initialisation, trained, and
    evaluated again.
 3. Segmentation: the same for ``configs/demo/upernet_sgformer_demo.py`` with mmseg's mIoU.
-4. A before/after table is printed and written to ``WORK_DIR/demo_results.json``. The exit status
+4. The trained models' predictions on a few validation images are drawn next to the ground truth
+   (``WORK_DIR/{det,seg}/predictions/*.png``, ``--pictures``).
+5. A before/after table is printed and written to ``WORK_DIR/demo_results.json``. The exit status
    is 1 when a model did not learn (box mAP / mIoU not clearly above the untrained model).
 
 Usage::
 
     python tools/demo.py [--data-root data/synthetic] [--work-dir work_dirs/demo]
                          [--det-iters 300] [--seg-iters 300] [--skip-det] [--skip-seg] [--verbose]
+                         [--pictures 3]
 """
 import argparse
 import contextlib
@@ -96,9 +99,40 @@ def _set_iters(cfg, max_iters: int) -> None:
     cfg.param_scheduler[-1]['end'] = max_iters
 
 
+def draw_val_predictions(runner, task: str, out_dir: str, num: int = 3,
+                         score_thr: float = 0.3) -> List[str]:
+    """Draw the trained model's predictions on the first ``num`` validation images next to
+    their ground truth (left: ground truth, right: prediction) with the codebase's own
+    visualizer (``DetLocalVisualizer`` / ``SegLocalVisualizer``); returns the PNG paths."""
+    import mmcv
+    import torch
+    os.makedirs(out_dir, exist_ok=True)
+    vis = runner.visualizer
+    vis.dataset_meta = runner.val_dataloader.dataset.metainfo
+    extra = {'pred_score_thr': score_thr} if task == 'det' else {}
+    runner.model.eval()
+    written: List[str] = []
+    for data in runner.val_dataloader:
+        with torch.no_grad():
+            samples = runner.model.val_step(data)
+        for sample in samples:
+            if len(written) >= num:
+                return written
+            name = osp.splitext(osp.basename(sample.img_path))[0]
+            path = osp.join(out_dir, f'{task}_{name}.png')
+            image = mmcv.imread(sample.img_path, channel_order='rgb')
+            vis.add_datasample(f'{task}_{name}', image, sample, draw_gt=True, draw_pred=True,
+                               show=False, out_file=path, **extra)
+            written.append(path)
+    return written
+
+
 def run_task(task: str, config: str, data_root: str, work_dir: str, max_iters: int,
-             verbose: bool) -> Tuple[Dict[str, float], Dict[str, float], float]:
-    """Train one demo config; returns (metrics before training, after training, seconds)."""
+             verbose: bool, num_pictures: int = 0
+             ) -> Tuple[Dict[str, float], Dict[str, float], float]:
+    """Train one demo config; returns (metrics before training, after training, seconds).
+    With ``num_pictures`` it then draws that many validation predictions next to the ground
+    truth into ``work_dir/predictions/``."""
     from mmengine.config import Config
     from mmengine.runner import Runner
     import mmsgformer  # noqa: F401
@@ -133,6 +167,11 @@ def run_task(task: str, config: str, data_root: str, work_dir: str, max_iters: i
     if len(recorder.records) < 2:
         raise RuntimeError(f'{task}: expected validation before and after training, got '
                            f'{recorder.records}')
+    if num_pictures > 0:
+        pictures = draw_val_predictions(runner, task, osp.join(work_dir, 'predictions'),
+                                        num_pictures)
+        print(f'  {task}: ground truth | prediction on {len(pictures)} validation images -> '
+              f'{osp.join(work_dir, "predictions")}', flush=True)
     return recorder.records[0][1], recorder.records[-1][1], seconds
 
 
@@ -157,6 +196,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help='torch intra-op threads (default 1: these tiny models run faster '
                         'single-threaded, and a busy machine is not oversubscribed)')
     parser.add_argument('--verbose', action='store_true', help="show the runners' full logs")
+    parser.add_argument('--pictures', type=int, default=3,
+                        help='validation images drawn (ground truth | prediction) per task '
+                        'after training, under WORK_DIR/<task>/predictions (0: none)')
     return parser.parse_args(argv)
 
 
@@ -189,7 +231,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f'[{step}/3] {title}: evaluate, train {iters} iterations, evaluate', flush=True)
         before, after, seconds = run_task(
             task, osp.join(REPO, 'configs', 'demo', config), args.data_root,
-            osp.join(args.work_dir, task), iters, args.verbose)
+            osp.join(args.work_dir, task), iters, args.verbose, args.pictures)
         results[task] = dict(config=f'configs/demo/{config}', iters=iters,
                              train_seconds=round(seconds, 1), before=before, after=after)
         for key, label, scale in metrics:

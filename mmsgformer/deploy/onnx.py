@@ -64,28 +64,62 @@ def _col_to_row_index(H: int, W: int, device: torch.device) -> torch.Tensor:
     return (p % H) * W + torch.div(p, H, rounding_mode='floor')
 
 
+def _clear_size_caches() -> int:
+    """Empty the ``functools.lru_cache`` tables of :mod:`mmsgformer.models` (size-keyed masks and
+    indices); returns how many were cleared."""
+    import sys
+    cleared = 0
+    for name, module in list(sys.modules.items()):
+        if not name.startswith('mmsgformer.models') or module is None:
+            continue
+        for value in vars(module).values():
+            if callable(getattr(value, 'cache_clear', None)) and hasattr(value, 'cache_info'):
+                value.cache_clear()
+                cleared += 1
+    return cleared
+
+
 @contextlib.contextmanager
 def export_context() -> Iterator[None]:
-    """Run a model export inside this: swaps the size-keyed index cache of the ranking for its
-    uncached computation (same values), and restores it afterwards."""
+    """Run a model export inside this.
+
+    * The size-keyed index cache of the ranking is swapped for its uncached computation (same
+      values): its keys are unhashable symbols during a dynamic-shape export.
+    * The models' ``lru_cache`` tables are emptied before and after: during the export the model
+      runs on fake tensors, and a mask cached then would be returned to later eager runs.
+    """
     from mmsgformer.models import significance
     cached = significance.col_to_row_index
     significance.col_to_row_index = _col_to_row_index
+    _clear_size_caches()
     try:
         yield
     finally:
         significance.col_to_row_index = cached
+        _clear_size_caches()
 
 
 def custom_translation_table() -> dict:
-    """Extra ATen -> ONNX translations for ``torch.onnx.export(custom_translation_table=...)``.
+    """Extra translations for ``torch.onnx.export(custom_translation_table=...)``.
 
-    ``aten.remainder.Scalar`` with a *symbolic* divisor (``arange(N) % H`` with a dynamic ``H``)
-    fails in onnxscript's own translation, which needs a Python number: here the divisor may be
-    a graph value. Integer inputs use ONNX ``Mod`` (Python's sign convention for ``fmod=0``),
-    floating ones ``a - floor(a / b) * b`` like torch.
+    Both concern size arithmetic on *symbolic* sizes (``dynamic_shapes``), where onnxscript's own
+    translations are wrong or fail:
+
+    * ``operator.floordiv`` (``a // b`` on sizes): onnxscript emits ONNX ``Div``, which truncates
+      toward zero; Python floors. ``-(-n // g)`` (the ceiling used by the segment layout and the
+      window padding) then comes out one too small for ``n % g != 0``, and a padding size goes
+      negative. Here: ``(a - Mod(a, b)) / b``, exact floor division for any signs.
+    * ``aten.remainder.Scalar`` with a symbolic divisor (``arange(N) % H``): onnxscript needs a
+      Python number. Here: ONNX ``Mod`` for integers (Python's sign convention), ``a - floor(a /
+      b) * b`` for floats, like torch.
     """
+    import operator
+
     from onnxscript import opset18 as op
+
+    def floordiv(self, other):
+        other = op.CastLike(other, self)
+        return op.Div(op.Sub(self, op.Mod(self, other)), other)
 
     def remainder_scalar(self, other):
         other = op.CastLike(other, self)
@@ -93,4 +127,4 @@ def custom_translation_table() -> dict:
             return op.Mod(self, other)
         return op.Sub(self, op.Mul(op.Floor(op.Div(self, other)), other))
 
-    return {torch.ops.aten.remainder.Scalar: remainder_scalar}
+    return {operator.floordiv: floordiv, torch.ops.aten.remainder.Scalar: remainder_scalar}

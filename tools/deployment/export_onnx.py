@@ -76,7 +76,14 @@ def describe(codebase: str) -> str:
 
 
 def export(wrapper: ExportWrapper, shape: Tuple[int, int], out: str, dynamic: bool) -> float:
-    """Write ``out`` (one file, weights inside); returns the export seconds."""
+    """Write ``out`` (one file, weights inside); returns the export seconds.
+
+    A deep copy is exported: tracing runs the model on fake tensors, and whatever a module
+    caches on itself during that run (e.g. fused projection weights) must not reach the model
+    that is then run eagerly as the reference.
+    """
+    import copy
+
     from torch.export import Dim
 
     from mmsgformer.deploy import custom_translation_table, export_context
@@ -85,7 +92,8 @@ def export(wrapper: ExportWrapper, shape: Tuple[int, int], out: str, dynamic: bo
     os.makedirs(osp.dirname(osp.abspath(out)), exist_ok=True)
     t0 = time.perf_counter()
     with export_context():
-        torch.onnx.export(wrapper, (x,), out, dynamo=True, dynamic_shapes=dynamic_shapes,
+        torch.onnx.export(copy.deepcopy(wrapper), (x,), out, dynamo=True,
+                          dynamic_shapes=dynamic_shapes,
                           input_names=['input'], external_data=False, verbose=False,
                           custom_translation_table=custom_translation_table())
     return time.perf_counter() - t0
