@@ -71,8 +71,10 @@ def build_inferencer(cfg, codebase: str, config_path: str, checkpoint: Optional[
     import importlib
     if checkpoint is not None and not osp.isfile(checkpoint):
         raise InputError(f'{checkpoint}: no such checkpoint file')
+    from mmengine.registry import init_default_scope
     module, name = INFERENCERS[codebase]
     cls = getattr(importlib.import_module(module), name)
+    init_default_scope(codebase)  # mmpretrain's inferencer builds its pipeline in the current scope
     if codebase == 'mmpretrain':
         inferencer = cls(model=cfg, pretrained=checkpoint or False, device=device)
     else:
@@ -123,8 +125,9 @@ def draw_predictions(inferencer, codebase: str, image: str, out_dir: str,
         result = inferencer(image, return_vis=True, no_save_vis=True, pred_score_thr=score_thr)
     else:
         result = inferencer(image, return_vis=True)
-    vis = result['visualization']
-    mmcv.imwrite(np.ascontiguousarray(vis[0][..., ::-1]), out)  # RGB -> BGR file
+    vis = result['visualization']  # a list (mmdet) or, for one image, the array (mmseg)
+    vis = vis[0] if isinstance(vis, (list, tuple)) else vis
+    mmcv.imwrite(np.ascontiguousarray(vis[..., ::-1]), out)  # RGB -> BGR file
     return out
 
 
@@ -206,7 +209,9 @@ def run(images: Sequence[str], inferencer, codebase: str, out_dir: str, signific
         weights: str, score_thr: float = 0.3, progress: bool = True) -> Dict[str, List[str]]:
     """Draw every image; returns ``{'written': [...], 'failed': [...]}`` (failures are printed
     as one line each and do not stop the run)."""
+    from mmengine.registry import init_default_scope
     from mmengine.utils import ProgressBar
+    init_default_scope(codebase)
     os.makedirs(out_dir, exist_ok=True)
     written, failed = [], []
     bar = ProgressBar(len(images)) if progress and len(images) > 1 else None
