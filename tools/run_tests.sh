@@ -4,6 +4,7 @@
 #
 # Usage: bash tools/run_tests.sh [--torch X.Y.Z] [PYTEST ARGS...]
 #   bash tools/run_tests.sh -k sgformer
+#   bash tools/run_tests.sh tests/test_op.py tests/test_compat.py
 #   bash tools/run_tests.sh --torch 2.1.2 -k "op or sgformer or checkpoint or configs"
 # Without --torch: the main environment (the torch== pin of requirements/constraints.txt).
 set -euo pipefail
@@ -18,5 +19,8 @@ bash "$MMSGFORMER_REPO/tools/setup_env.sh" "${SETUP_ARGS[@]}"
 # Another torch runs the tests in its copy of the working tree (made by setup_env.sh).
 cd "$MMSGFORMER_SRC"
 echo "[tests] running pytest in $MMSGFORMER_SRC with $MMSGFORMER_VENV/bin/python (torch $MMSGFORMER_TORCH_VERSION)"
+# The whole suite unless test paths are given (bash tools/run_tests.sh tests/test_op.py).
+TARGETS=(tests)
+for arg in "$@"; do case "$arg" in tests|tests/*) TARGETS=() ;; esac; done
 # pytest exits 5 when no test was collected: that is a failure here too.
-exec "$MMSGFORMER_VENV/bin/python" -m pytest tests -q -p no:cacheprovider "$@"
+exec "$MMSGFORMER_VENV/bin/python" -m pytest "${TARGETS[@]}" -q -p no:cacheprovider "$@"
