@@ -186,6 +186,17 @@ def add_mim_extension() -> None:
 add_mim_extension()
 ext_modules, cmdclass = _extensions()
 
+
+def _build_options() -> dict:
+    """One build folder per torch (``build/torch-<version>``). setuptools skips compiling an
+    extension whose output is newer than its sources, so a tree built once for another torch
+    would otherwise install that torch's op library (which then fails to load)."""
+    if not ext_modules:
+        return {}
+    import torch
+    return {'build': {'build_base': os.path.join('build', f'torch-{torch.__version__}')}}
+
+
 setup(
     name='mmsgformer',
     version=VERSION_INFO['__version__'],
@@ -201,6 +212,7 @@ setup(
     extras_require=EXTRAS_REQUIRE,
     ext_modules=ext_modules,
     cmdclass=cmdclass,
+    options=_build_options(),
     zip_safe=False,
     license='Apache-2.0',
 )

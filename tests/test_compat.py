@@ -3,6 +3,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 
 import pytest
@@ -125,3 +126,14 @@ def test_legacy_registration_path_on_this_torch():
     shape, device, num_out = lines['meta_shape'].rsplit(' ', 2)
     assert (shape, device) == (f'(2, {num_out}, 3)', 'meta')
     assert 'bias must have shape (3,)' in lines['meta_error']
+
+
+def test_op_library_that_does_not_load_warns_once(monkeypatch):
+    import mmsgformer.ops as ops
+    monkeypatch.setattr(ops, '_warned', False)
+    with pytest.warns(RuntimeWarning, match=r'_C\..*so exists but does not load with torch '
+                      + torch.__version__.replace('+', r'\+') + r' \(undefined symbol: _ZN3c10'):
+        ops._warn_unloadable(ImportError('undefined symbol: _ZN3c10'))
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        ops._warn_unloadable(ImportError('undefined symbol: _ZN3c10'))  # only once

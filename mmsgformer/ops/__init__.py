@@ -11,6 +11,7 @@ indices are bounds-checked in the kernel, and the permutation check runs in debu
 Non-contiguous inputs are accepted and made contiguous.
 """
 import os
+import warnings
 
 import torch
 
@@ -51,9 +52,29 @@ def op_available() -> bool:
     """True when the compiled op is registered (the C++ extension is built)."""
     try:
         from . import _registration  # noqa: F401  (loads the extension, registers fake/autograd)
-    except ImportError:
+    except ImportError as err:
+        _warn_unloadable(err)
         return False
     return hasattr(torch.ops.mmsgformer, 'sg_aggregate')
+
+
+_warned = False
+
+
+def _warn_unloadable(err: ImportError) -> None:
+    """Warn once when an op library exists but does not load (built against another torch)."""
+    global _warned
+    if _warned:
+        return
+    _warned = True
+    package_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    built = [f for f in os.listdir(package_dir) if f.startswith('_C.') and f.endswith('.so')]
+    if not built:
+        return
+    warnings.warn(f'mmsgformer: {built[0]} exists but does not load with torch '
+                  f'{torch.__version__} ({err}); it was probably built against another torch. '
+                  f'The pure-PyTorch reference is used instead; rebuild with `pip install -e . '
+                  f'--no-build-isolation --use-pep517`.', RuntimeWarning, stacklevel=3)
 
 
 def _check_permutation(order: torch.Tensor) -> None:
