@@ -238,6 +238,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ValueError as exc:
         print(f'error: {exc}', file=sys.stderr)
         return 2
+    except Exception as exc:  # torch.onnx's errors are pages long: print their summary line
+        lines = [ln for ln in str(exc).splitlines() if ln.startswith('<class')] or [str(exc)]
+        print(f'error: the export of {args.config} failed: {lines[0][:500]}', file=sys.stderr)
+        return 1
     return 0 if result['ok'] else 1
 
 
