@@ -15,6 +15,7 @@ import pytest
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 sys.path.insert(0, osp.join(REPO, 'tools'))
 SEG_DEMO = osp.join(REPO, 'configs', 'demo', 'upernet_sgformer_demo.py')
+pytestmark = pytest.mark.slow  # three real (1-3 iteration) runner runs in the fixture
 
 
 class Interrupted(RuntimeError):

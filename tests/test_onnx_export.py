@@ -68,6 +68,7 @@ def _inputs(h, w, seed):
     return torch.randn(1, 8, h, w, generator=g), sig
 
 
+@pytest.mark.slow
 @needs_deploy
 def test_aggregation_exports_to_standard_ops_with_dynamic_size(tmp_path):
     import onnx
@@ -106,6 +107,7 @@ def _tiny_config(tmp_path):
     return str(path)
 
 
+@pytest.mark.slow
 @needs_deploy
 def test_export_tool_tiny_classifier(tmp_path, capsys):
     import onnx
