@@ -214,7 +214,7 @@ op_stamp() {
   so=$(ls "$MMSGFORMER_SRC"/mmsgformer/_C*.so 2>/dev/null | head -n 1) || true
   [ -n "$so" ] || return 0
   [ -z "$(find "$MMSGFORMER_SRC/mmsgformer/ops/csrc" "$MMSGFORMER_SRC/setup.py" \
-          "$MMSGFORMER_SRC/pyproject.toml" "$MMSGFORMER_SRC/mmsgformer/version.py" -newer "$so" 2>/dev/null)" ] || return 0
+          "$MMSGFORMER_SRC/pyproject.toml" "$MMSGFORMER_SRC/mmsgformer/version.py" -type f -newer "$so" 2>/dev/null)" ] || return 0
   echo "$MMSGFORMER_SRC torch=$TORCH_VERSION FORCE_CUDA=${FORCE_CUDA:-} $(cksum < "$so")"
 }
 STEP="install mmsgformer (editable, builds its C++ op)"
