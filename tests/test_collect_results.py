@@ -22,7 +22,7 @@ class Interrupted(RuntimeError):
     """Raised by the StopAt hook to kill a run mid-training."""
 
 
-def _write_config(folder, name, data_root, max_iters, val_interval):
+def _write_config(folder, name, data_root, max_iters, val_interval, by_epoch_metrics=False):
     path = osp.join(folder, name + '.py')
     with open(path, 'w') as f:
         f.write(f"""_base_ = [{SEG_DEMO!r}]
@@ -31,7 +31,8 @@ train_dataloader = dict(batch_size=2, dataset=dict(data_root=data_root))  # BN n
 val_dataloader = dict(dataset=dict(data_root=data_root))
 test_dataloader = val_dataloader
 train_cfg = dict(max_iters={max_iters}, val_interval={val_interval})
-default_hooks = dict(checkpoint=dict(interval=1), logger=dict(interval=1))
+default_hooks = dict(checkpoint=dict(interval=1),
+                     logger=dict(interval=1, log_metric_by_epoch={by_epoch_metrics}))
 visualizer = dict(name={name!r})  # one per run: the runners share this process
 log_level = 'WARNING'
 """)
@@ -66,15 +67,18 @@ def runs(tmp_path_factory):
     make_ade20k(data, num_train=2, num_val=1, size=64, seed=3)
     out = {}
 
-    def start(name, max_iters, val_interval, stop_at=None):
-        cfg, _ = load_config(_write_config(str(root), name, data, max_iters, val_interval))
+    def start(name, max_iters, val_interval, stop_at=None, by_epoch_metrics=False):
+        cfg, _ = load_config(_write_config(str(root), name, data, max_iters, val_interval,
+                                           by_epoch_metrics))
         cfg.work_dir = osp.join(str(root), 'work_dirs', name)
         runner = Runner.from_cfg(cfg)
         recorder = Recorder(stop_at)
         runner.register_hook(recorder)
         return runner, recorder
 
-    runner, rec = start('tiny_seg', 1, 1)
+    # mmengine's default LoggerHook(log_metric_by_epoch=True): the evaluation is logged at
+    # step = epoch = 0 although it ran at iteration 1
+    runner, rec = start('tiny_seg', 1, 1, by_epoch_metrics=True)
     runner.train()
     out['finished'] = (runner.work_dir, rec.metrics)
     ckpt = osp.join(runner.work_dir, 'iter_1.pth')
@@ -111,7 +115,12 @@ def test_finished_run(runs):
     assert (run.config, run.kind, run.by_epoch, run.total, run.reached) == (
         'tiny_seg', 'train', False, 1, 1)
     assert run.status == 'finished' and run.last_checkpoint == 'iter_1.pth'
-    assert metrics[-1][0] == 1  # the runner evaluated at iteration 1 ...
+    assert metrics[-1][0] == 1  # the runner evaluated at iteration 1 (logged as step 0) ...
+    import glob
+    import json
+    with open(glob.glob(osp.join(work_dir, '*', 'vis_data', 'scalars.json'))[0]) as f:
+        steps = [json.loads(ln)['step'] for ln in f if '"mIoU"' in ln]
+    assert steps == [0]
     for key in ('mIoU', 'aAcc', 'mAcc'):  # ... and the collector read exactly those numbers
         assert run.final[key] == pytest.approx(float(metrics[-1][1][key]), abs=1e-12)
 

@@ -42,6 +42,8 @@ from mmsgformer.results import PAPER_RESULTS, PaperRow  # noqa: E402
 #: Keys of the runner's logs that are not evaluation metrics.
 NON_METRIC_KEYS = frozenset({'step', 'iter', 'epoch', 'time', 'data_time', 'lr', 'base_lr',
                              'memory', 'eta'})
+#: The metrics shown for runs without a paper row (the first four keys when none of these).
+MAIN_KEYS = ('accuracy/top1', 'coco/bbox_mAP', 'coco/segm_mAP', 'mIoU', 'aAcc')
 _CKPT_RE = re.compile(r'(iter|epoch)_(\d+)\.pth$')
 _TS_RE = re.compile(r'^\d{8}_\d{6}$')
 
@@ -161,20 +163,31 @@ def read_run(work_dir: str) -> Run:
 
     launches = sorted(d for d in os.listdir(work_dir)
                       if _TS_RE.match(d) and osp.isdir(osp.join(work_dir, d)))
-    train_lines, eval_lines, test_metrics = [], [], {}
+    key = 'epoch' if by_epoch else 'iter'
+    # (position, metrics, index) of every evaluation: its position is the iteration/epoch the
+    # run had reached when it ran, i.e. its logged step or, when the step counts something else
+    # (an iteration-based run whose LoggerHook logs metrics by epoch writes step 0), the
+    # progress of the training lines before it
+    evals: List[Tuple[int, Dict[str, float], int]] = []
+    test_metrics: Dict[str, float] = {}
+    last_train, last_train_index, index = 0, -1, 0
     for ts in launches:  # oldest first: a resumed launch's records come later
         scalars = osp.join(work_dir, ts, 'vis_data', 'scalars.json')
         if osp.isfile(scalars):
             for rec in _read_json_lines(scalars):
-                (train_lines if _is_train_line(rec) else eval_lines).append(rec)
+                index += 1
+                if _is_train_line(rec):
+                    last_train = max(last_train, int(rec.get(key, rec.get('step', 0))))
+                    last_train_index = index
+                else:
+                    evals.append((max(int(rec.get('step', 0)), last_train), _metrics_of(rec),
+                                  index))
         test_json = osp.join(work_dir, ts, f'{ts}.json')
         if osp.isfile(test_json):  # written by a test run (runner.test())
             for rec in _read_json_lines(test_json):
                 test_metrics.update(_metrics_of(rec))
 
-    if train_lines:
-        key = 'epoch' if by_epoch else 'iter'
-        run.reached = max(int(r.get(key, r.get('step', 0))) for r in train_lines)
+    run.reached = last_train
     ckpt_file = osp.join(work_dir, 'last_checkpoint')
     if osp.isfile(ckpt_file):
         with open(ckpt_file, encoding='utf-8') as f:
@@ -182,13 +195,14 @@ def read_run(work_dir: str) -> Run:
         m = _CKPT_RE.search(run.last_checkpoint)
         if m and (m.group(1) == 'epoch') == by_epoch:
             run.reached = max(run.reached, int(m.group(2)))
-    if eval_lines:
-        run.last_eval_step = max(int(r.get('step', 0)) for r in eval_lines)
-        if total is not None and run.last_eval_step >= total:
-            for rec in eval_lines:
-                if int(rec.get('step', 0)) == run.last_eval_step:
-                    run.final.update(_metrics_of(rec))
-    elif test_metrics and not train_lines:
+    if evals:
+        run.last_eval_step = max(pos for pos, _, _ in evals)
+        if total is not None and run.reached >= total:
+            # the final evaluation: at the last iteration/epoch, or after the last training line
+            for pos, metrics, i in evals:
+                if pos >= total or i > last_train_index:
+                    run.final.update(metrics)
+    elif test_metrics and last_train_index < 0:
         run.kind, run.final = 'test', test_metrics
     return run
 
@@ -268,7 +282,8 @@ def other_table(runs: Sequence[Run], rows: Sequence[PaperRow] = PAPER_RESULTS) -
     for run in runs:
         if run.config in known:
             continue
-        final = ', '.join(f'{k}={v:.4g}' for k, v in sorted(run.final.items())) or '-'
+        keys = [k for k in MAIN_KEYS if k in run.final] or sorted(run.final)[:4]
+        final = ', '.join(f'{k}={run.final[k]:.4g}' for k in keys) or '-'
         lines.append(f'| `{run.config}.py` | {run.work_dir} | {run.progress()} | {run.status} | '
                      f'{final} |')
     return '\n'.join(lines) if len(lines) > 2 else ''
