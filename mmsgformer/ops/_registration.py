@@ -114,7 +114,10 @@ class SgAggregateFunction(torch.autograd.Function):
     ``register_autograd``. Its forward runs the op below the Autograd dispatch key."""
 
     @staticmethod
-    def forward(ctx, tokens, order, weight, bias, seg_starts, seg_lengths, group_sizes):
+    def forward(ctx, tokens: torch.Tensor, order: torch.Tensor, weight: torch.Tensor,
+                bias: torch.Tensor, seg_starts: List[int], seg_lengths: List[int],
+                group_sizes: List[int]) -> torch.Tensor:
+        """``(B, N, C)`` tokens -> ``(B, num_out, C)``, like ``torch.ops.mmsgformer.sg_aggregate``."""
         with torch._C._AutoDispatchBelowAutograd():
             out = torch.ops.mmsgformer.sg_aggregate(tokens, order, weight, bias, seg_starts,
                                                     seg_lengths, group_sizes)
@@ -127,7 +130,10 @@ class SgAggregateFunction(torch.autograd.Function):
         return _backward(ctx, grad_out)
 
 
-def _autograd_kernel(tokens, order, weight, bias, seg_starts, seg_lengths, group_sizes):
+def _autograd_kernel(tokens: torch.Tensor, order: torch.Tensor, weight: torch.Tensor,
+                     bias: torch.Tensor, seg_starts: List[int], seg_lengths: List[int],
+                     group_sizes: List[int]) -> torch.Tensor:
+    """The ``Autograd`` dispatch-key kernel of ``sg_aggregate`` on torch < 2.4."""
     return SgAggregateFunction.apply(tokens, order, weight, bias, seg_starts, seg_lengths,
                                      group_sizes)
 
