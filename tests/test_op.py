@@ -393,8 +393,10 @@ def test_compile_fullgraph_sgformer():
 
     torch.manual_seed(0)
     arch = dict(embed_dims=[16, 32, 64, 128], num_heads=[2, 2, 2, 2], depths=[2, 2, 2, 1])
-    model = SGFormer(arch=arch, sga_impl='op').eval()
-    x = torch.randn(1, 3, 112, 112)
+    # float64: in float32 the compiled graph's rounding may flip near-ties of the significance
+    # sort (design Q7), which says nothing about the graph
+    model = SGFormer(arch=arch, sga_impl='op').double().eval()
+    x = torch.randn(1, 3, 112, 112, dtype=torch.float64)
     graphs = []
 
     def recording_aot_eager(gm, example_inputs):
@@ -412,4 +414,4 @@ def test_compile_fullgraph_sgformer():
     assert [tuple(o.shape) for o in got] == [(1, 16, 28, 28), (1, 32, 14, 14), (1, 64, 7, 7),
                                              (1, 128, 4, 4)]
     for a, e in zip(got, exp):
-        assert (a - e).abs().max().item() <= 1e-5
+        assert (a - e).abs().max().item() <= 1e-10

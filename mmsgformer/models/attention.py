@@ -108,9 +108,16 @@ def _window_reverse(x: torch.Tensor, B: int, H: int, W: int, window: int) -> tor
 
 
 @lru_cache(maxsize=32)
+def _cached_key_mask(H: int, W: int, window: int) -> torch.Tensor:
+    return window_query_weights(H, W, window, torch.device('cpu'), torch.float32)[0]
+
+
 def _key_mask_cpu(H: int, W: int, window: int) -> torch.Tensor:
-    mask, _ = window_query_weights(H, W, window, torch.device('cpu'), torch.float32)
-    return mask
+    """``(nW, window*window)`` float32 on the CPU: 1 for real tokens, 0 for padding; cached
+    per size, except while compiling/tracing/exporting (no fake tensor may enter the cache)."""
+    if fast_paths.is_tracing():
+        return window_query_weights(H, W, window, torch.device('cpu'), torch.float32)[0]
+    return _cached_key_mask(H, W, window)
 
 
 class HybridScaleAttention(_LePEProj):

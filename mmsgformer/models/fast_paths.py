@@ -49,6 +49,14 @@ def is_compiling() -> bool:
 # ---------------------------------------------------------------------------------- switch
 
 
+def is_tracing() -> bool:
+    """True while the model is compiled, traced or exported: size-keyed caches of tensors must
+    not be filled then (they would hold fake or traced tensors for later eager runs)."""
+    onnx = getattr(torch, 'onnx', None)
+    in_export = onnx is not None and getattr(onnx, 'is_in_onnx_export', lambda: False)()
+    return is_compiling() or torch.jit.is_tracing() or in_export
+
+
 def use_fast_path(module: nn.Module) -> bool:
     """Whether ``module`` takes its fast path (``module.fast_path``, default True)."""
     return getattr(module, 'fast_path', True)

@@ -96,6 +96,10 @@ _COL_TO_ROW: Dict[Tuple[int, int, str], torch.Tensor] = {}
 
 def col_to_row_index(H: int, W: int, device: torch.device) -> torch.Tensor:
     """``(N,)`` int64 map from a column-major position ``x*H + y`` to the row-major ``y*W + x``."""
+    from .fast_paths import is_tracing
+    if is_tracing():  # no traced or fake tensor may enter the cache
+        p = torch.arange(H * W, device=device)
+        return (p % H) * W + torch.div(p, H, rounding_mode='floor')
     key = (H, W, str(device))
     idx = _COL_TO_ROW.get(key)
     if idx is None:
