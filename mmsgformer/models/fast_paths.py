@@ -93,15 +93,19 @@ def project(module: nn.Module, y: torch.Tensor,
     if not (use_fast_path(module) and fusable and len(flat) > 1) or torch.is_grad_enabled():
         outs = [[m(y) for m in group] for group in layers]
         return [o[0] if len(o) == 1 else torch.cat(o, dim=-1) for o in outs]
-    names = tuple(n for group in groups for n in group)
-    params = [p for m in flat for p in (m.weight, m.bias)]
-    key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params)
-    cache = module.__dict__.setdefault('_fused_cache', {})
-    entry = cache.get(names)
-    if entry is None or entry[0] != key:
-        entry = (key, torch.cat([m.weight for m in flat]), torch.cat([m.bias for m in flat]))
-        cache[names] = entry
-    out = F.linear(y, entry[1], entry[2])
+    if is_tracing():  # in the graph: concatenated there, nothing cached
+        weight, bias = torch.cat([m.weight for m in flat]), torch.cat([m.bias for m in flat])
+    else:
+        names = tuple(n for group in groups for n in group)
+        params = [p for m in flat for p in (m.weight, m.bias)]
+        key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params)
+        cache = module.__dict__.setdefault('_fused_cache', {})
+        entry = cache.get(names)
+        if entry is None or entry[0] != key:
+            entry = (key, torch.cat([m.weight for m in flat]), torch.cat([m.bias for m in flat]))
+            cache[names] = entry
+        weight, bias = entry[1], entry[2]
+    out = F.linear(y, weight, bias)
     return list(out.split([sum(m.out_features for m in group) for group in layers], dim=-1))
 
 
@@ -177,8 +181,8 @@ def attention_and_key_mass(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sc
             for s in range(0, Nq, rows):
                 qs = slice(s, s + rows)
                 a = _scores(q[bs, :, qs], kt[bs], scale, bias)
-                if not needs_grad:
-                    torch.matmul(a, v[bs], out=out[bs, :, qs])
+                if not needs_grad:  # (no out=: the FLOP counter's matmul handle needs 2 inputs)
+                    out[bs, :, qs] = a @ v[bs]
                 a = a.mean(1)  # (items, rows, Nk): mean over heads
                 if query_mask is not None:
                     a = a * query_mask[bs, qs, None]
