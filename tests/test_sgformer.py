@@ -600,3 +600,16 @@ def test_fast_path_training_under_bf16_autocast():
     assert torch.isfinite(grads[1]).all()
     cos = torch.nn.functional.cosine_similarity(grads[0], grads[1], dim=0).item()
     assert cos > 0.98, cos
+
+
+def test_flop_count_of_chunked_inference_equals_unchunked(monkeypatch):
+    """The FLOP counter traces the chunked large-input inference path and counts what the
+    unchunked one counts (the chunks split the same multiply-adds)."""
+    from mmsgformer.analysis.flops import analyze_model
+    from mmsgformer.models import fast_paths
+    model = SGFormer(arch=dict(MICRO)).eval()
+    x = torch.randn(1, 3, 64, 96)
+    full = analyze_model(model, (x, ), backbone_name=None).flops
+    monkeypatch.setattr(fast_paths, '_CHUNK_INFERENCE_ABOVE', 0)
+    monkeypatch.setattr(fast_paths, '_CHUNK_ELEMS', 256)
+    assert analyze_model(model, (x, ), backbone_name=None).flops == full
