@@ -383,7 +383,7 @@ def test_compile_fullgraph_with_debug_checks():
 @pytest.mark.skipif(
     not hasattr(torch.library, 'register_fake'),
     reason=f"torch {torch.__version__}'s dynamo cannot trace the backbone's forward "
-           "(Unsupported: Tensor.data_ptr, the fused-projection cache of models/fast_paths.py); "
+           "(Unsupported: building the SegmentLayout dataclass in ops/layout.segment_layout); "
            "fullgraph compile of SGFormer is checked on torch >= 2.4 only")
 def test_compile_fullgraph_sgformer():
     """A small SGFormer compiles as one graph (backend aot_eager) with the op in it."""
