@@ -75,15 +75,14 @@ def test_aggregation_exports_to_standard_ops_with_dynamic_size(tmp_path):
     import onnxruntime as ort
     from torch.export import Dim
 
-    from mmsgformer.deploy import custom_translation_table, export_context
+    from mmsgformer.deploy import custom_translation_table
     torch.manual_seed(0)
     module = _Aggregation(sr_ratio=4).eval()
     h, w = Dim('h', min=2, max=64), Dim('w', min=2, max=64)
     path = str(tmp_path / 'agg.onnx')
-    with export_context():
-        torch.onnx.export(module, _inputs(14, 14, 0), path, dynamo=True, external_data=False,
-                          dynamic_shapes={'tokens': {2: h, 3: w}, 'significance': {1: h, 2: w}},
-                          custom_translation_table=custom_translation_table())
+    torch.onnx.export(module, _inputs(14, 14, 0), path, dynamo=True, external_data=False,
+                      dynamic_shapes={'tokens': {2: h, 3: w}, 'significance': {1: h, 2: w}},
+                      custom_translation_table=custom_translation_table())
     model = onnx.load(path)
     ops = {node.op_type for node in model.graph.node}
     assert 'TopK' in ops and 'MatMul' in ops

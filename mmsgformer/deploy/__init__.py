@@ -2,7 +2,7 @@
 translation of ``sg_aggregate`` (``onnx``). Importing this needs only torch; onnx, onnxscript and
 onnxruntime are needed to export and run ONNX files (``pip install mmsgformer[deploy]``)."""
 from .model import build_model, check_checkpoint_fits, checkpoint_fit, drop_pretrained
-from .onnx import custom_translation_table, export_context, sg_aggregate_onnx
+from .onnx import custom_translation_table, sg_aggregate_onnx
 
 __all__ = ['build_model', 'check_checkpoint_fits', 'checkpoint_fit', 'drop_pretrained',
-           'custom_translation_table', 'export_context', 'sg_aggregate_onnx']
+           'custom_translation_table', 'sg_aggregate_onnx']

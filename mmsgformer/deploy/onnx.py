@@ -12,14 +12,12 @@ computation written with ``gather``, slicing, ``cat``, ``reshape`` and ``matmul`
 empty) zero padding and (maybe empty) output, so with symbolic sizes (``dynamic_shapes``) one
 graph serves every token count.
 """
-import contextlib
-from typing import Iterator
 
 import torch
 
 from mmsgformer.ops.layout import SegmentLayout
 
-__all__ = ['sg_aggregate_onnx', 'export_context', 'custom_translation_table']
+__all__ = ['sg_aggregate_onnx', 'custom_translation_table']
 
 
 def sg_aggregate_onnx(tokens: torch.Tensor, order: torch.Tensor, weight: torch.Tensor,
@@ -55,48 +53,6 @@ def sg_aggregate_onnx(tokens: torch.Tensor, order: torch.Tensor, weight: torch.T
         w_start += g
         outs.append(torch.matmul(seg, w_k).squeeze(-1) + bias[k])
     return torch.cat(outs, dim=1)
-
-
-def _col_to_row_index(H: int, W: int, device: torch.device) -> torch.Tensor:
-    """Uncached :func:`mmsgformer.models.significance.col_to_row_index` (its cache keys on the
-    sizes, which are unhashable symbols during a dynamic-shape export)."""
-    p = torch.arange(H * W, device=device)
-    return (p % H) * W + torch.div(p, H, rounding_mode='floor')
-
-
-def _clear_size_caches() -> int:
-    """Empty the ``functools.lru_cache`` tables of :mod:`mmsgformer.models` (size-keyed masks and
-    indices); returns how many were cleared."""
-    import sys
-    cleared = 0
-    for name, module in list(sys.modules.items()):
-        if not name.startswith('mmsgformer.models') or module is None:
-            continue
-        for value in vars(module).values():
-            if callable(getattr(value, 'cache_clear', None)) and hasattr(value, 'cache_info'):
-                value.cache_clear()
-                cleared += 1
-    return cleared
-
-
-@contextlib.contextmanager
-def export_context() -> Iterator[None]:
-    """Run a model export inside this.
-
-    * The size-keyed index cache of the ranking is swapped for its uncached computation (same
-      values): its keys are unhashable symbols during a dynamic-shape export.
-    * The models' ``lru_cache`` tables are emptied before and after: during the export the model
-      runs on fake tensors, and a mask cached then would be returned to later eager runs.
-    """
-    from mmsgformer.models import significance
-    cached = significance.col_to_row_index
-    significance.col_to_row_index = _col_to_row_index
-    _clear_size_caches()
-    try:
-        yield
-    finally:
-        significance.col_to_row_index = cached
-        _clear_size_caches()
 
 
 def custom_translation_table() -> dict:

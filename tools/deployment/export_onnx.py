@@ -86,16 +86,16 @@ def export(wrapper: ExportWrapper, shape: Tuple[int, int], out: str, dynamic: bo
 
     from torch.export import Dim
 
-    from mmsgformer.deploy import custom_translation_table, export_context
+    from mmsgformer.deploy import custom_translation_table
     x = torch.randn(1, 3, *shape)
     dynamic_shapes = {'x': {2: Dim.DYNAMIC, 3: Dim.DYNAMIC}} if dynamic else None
     os.makedirs(osp.dirname(osp.abspath(out)), exist_ok=True)
     t0 = time.perf_counter()
-    with export_context():
-        torch.onnx.export(copy.deepcopy(wrapper), (x,), out, dynamo=True,
-                          dynamic_shapes=dynamic_shapes,
-                          input_names=['input'], external_data=False, verbose=False,
-                          custom_translation_table=custom_translation_table())
+    # the model's size-keyed caches stay empty while exporting (fast_paths.is_tracing)
+    torch.onnx.export(copy.deepcopy(wrapper), (x,), out, dynamo=True,
+                      dynamic_shapes=dynamic_shapes,
+                      input_names=['input'], external_data=False, verbose=False,
+                      custom_translation_table=custom_translation_table())
     return time.perf_counter() - t0
 
 
