@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 
 from . import fast_paths
-from .common import DropPath
+from .common import DropPath, map_to_tokens, tokens_to_map
 
 
 class ConvGN(nn.Module):
@@ -181,18 +181,6 @@ class Block(nn.Module):
         x = self.drop_path(a).add_(x)
         x = self.drop_path(self.mlp(self.norm2(x), H, W)).add_(x)
         return x, sig_out
-
-
-def tokens_to_map(x: torch.Tensor, H: int, W: int) -> torch.Tensor:
-    """``(B, H*W, C) -> (B, C, H, W)``: a channels-last view of contiguous tokens (no copy)."""
-    B, N, C = x.shape
-    return x.contiguous().view(B, H, W, C).permute(0, 3, 1, 2)
-
-
-def map_to_tokens(x: torch.Tensor) -> torch.Tensor:
-    """``(B, C, H, W) -> (B, H*W, C)``: a view when ``x`` is channels-last, else a copy."""
-    B, C, H, W = x.shape
-    return x.permute(0, 2, 3, 1).reshape(B, H * W, C)
 
 
 __all__ = ['ConvGN', 'conv_gn_chain', 'ConvStem', 'ConvDownsample', 'DWConv', 'Mlp', 'Block',

@@ -1,4 +1,5 @@
-"""What both backbones share: stochastic depth and the validation of their common arguments.
+"""What the model modules share: the token/map layout helpers, stochastic depth and the
+validation of the backbones' common arguments.
 
 ``arch`` (a zoo name or a dict with exactly the required keys), ``out_indices``,
 ``frozen_stages``, ``drop_path_rate`` and the input tensor are checked here, once, with the same
@@ -115,5 +116,17 @@ def check_image_batch(x: torch.Tensor, in_channels: int, min_size: int, backbone
                          f'must be >= {min_size} pixels')
 
 
-__all__ = ['DropPath', 'select_arch', 'check_out_indices', 'check_frozen_stages',
+def tokens_to_map(x: torch.Tensor, H: int, W: int) -> torch.Tensor:
+    """``(B, H*W, C) -> (B, C, H, W)``: a channels-last view of contiguous tokens (no copy)."""
+    B, N, C = x.shape
+    return x.contiguous().view(B, H, W, C).permute(0, 3, 1, 2)
+
+
+def map_to_tokens(x: torch.Tensor) -> torch.Tensor:
+    """``(B, C, H, W) -> (B, H*W, C)``: a view when ``x`` is channels-last, else a copy."""
+    B, C, H, W = x.shape
+    return x.permute(0, 2, 3, 1).reshape(B, H * W, C)
+
+
+__all__ = ['tokens_to_map', 'map_to_tokens', 'DropPath', 'select_arch', 'check_out_indices', 'check_frozen_stages',
            'check_drop_path_rate', 'check_image_batch']

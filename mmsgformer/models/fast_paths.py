@@ -33,6 +33,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .common import map_to_tokens, tokens_to_map
+
 
 def is_compiling() -> bool:
     """True while ``torch.compile`` traces (``torch.compiler.is_compiling`` on torch >= 2.3,
@@ -243,7 +245,6 @@ class _FFNTail(torch.autograd.Function):
 def _ffn_hidden(z: torch.Tensor, H: int, W: int, dw_weight: torch.Tensor,
                 dw_bias: torch.Tensor) -> torch.Tensor:
     """``GELU(z + dwconv(z))`` for ``z (B, H*W, C4)`` (channels-last depthwise 3x3 conv)."""
-    from .blocks import map_to_tokens, tokens_to_map
     conv = F.conv2d(tokens_to_map(z, H, W), dw_weight, dw_bias, 1, 1, 1, z.shape[-1])
     return F.gelu(map_to_tokens(conv) + z)
 

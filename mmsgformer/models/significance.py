@@ -17,6 +17,8 @@ from typing import Dict, Tuple
 import torch
 import torch.nn.functional as F
 
+from .fast_paths import is_tracing
+
 
 @dataclass
 class SignificanceRecord:
@@ -96,7 +98,6 @@ _COL_TO_ROW: Dict[Tuple[int, int, str], torch.Tensor] = {}
 
 def col_to_row_index(H: int, W: int, device: torch.device) -> torch.Tensor:
     """``(N,)`` int64 map from a column-major position ``x*H + y`` to the row-major ``y*W + x``."""
-    from .fast_paths import is_tracing
     if is_tracing():  # no traced or fake tensor may enter the cache
         p = torch.arange(H * W, device=device)
         return (p % H) * W + torch.div(p, H, rounding_mode='floor')
