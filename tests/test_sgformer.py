@@ -349,6 +349,52 @@ def test_fast_path_recompute_functions_gradcheck():
         lambda x, gw, gb, cw: _NormActConv.apply(x, gw, gb, 1e-5, cw, 2, 1, 4), (x, gw, gb, cw))
 
 
+def _backward_node_names(outs) -> set:
+    """Names of every autograd node reachable from ``outs``."""
+    names, seen = set(), set()
+    stack = [o.grad_fn for o in outs]
+    while stack:
+        fn = stack.pop()
+        if fn is None or fn in seen:
+            continue
+        seen.add(fn)
+        names.add(type(fn).__name__)
+        stack.extend(f for f, _ in fn.next_functions)
+    return names
+
+
+def test_fast_path_training_graph_has_no_view_rewrites():
+    """No in-place write into a view on the training fast path: each would add a CopySlices node,
+    which clones the whole gradient in backward (the plain path's FFN keeps one, on purpose)."""
+    torch.manual_seed(0)
+    fast = SGFormer(arch=dict(MICRO)).train()
+    plain = SGFormer(arch=dict(MICRO), fast_path=False).train()
+    x = torch.randn(1, 3, 64, 96)
+    assert 'CopySlices' not in _backward_node_names(fast(x))
+    assert 'CopySlices' in _backward_node_names(plain(x))  # the check sees them
+
+
+def test_stem_runs_channels_last_only_in_training():
+    """The stem's convs run channels-last in training (faster backward) and in the official
+    NCHW layout in inference; float64 outputs agree either way."""
+    from mmsgformer.models import fast_paths
+    torch.manual_seed(0)
+    model = SGFormer(arch=dict(MICRO)).double()
+    weight = model.stem.conv[0].c.weight
+    assert fast_paths.stem_memory_format(model.stem, weight) == torch.channels_last
+    with torch.no_grad():
+        assert fast_paths.stem_memory_format(model.stem, weight) == torch.contiguous_format
+    model.set_fast_path(False)
+    assert fast_paths.stem_memory_format(model.stem, weight) == torch.contiguous_format
+    model.set_fast_path(True)
+    x = torch.randn(2, 3, 33, 47, dtype=torch.float64)
+    train_tokens = model.stem(x)[0]
+    with torch.no_grad():
+        eval_tokens = model.stem(x)[0]
+    assert train_tokens.is_contiguous()
+    assert (train_tokens.detach() - eval_tokens).abs().max().item() < 1e-12
+
+
 def test_rank_tokens_column_listing_is_an_order_over_row_major_tokens():
     S = torch.tensor([[[3., 1., 2.], [0., 5., 4.]]])  # (1, 2, 3)
     order_row, order_col = rank_tokens(S)

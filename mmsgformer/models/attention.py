@@ -79,8 +79,9 @@ class _LePEProj(nn.Module):
         return map_to_tokens(self.lepe_conv(tokens_to_map(lin, H, W)))
 
     def _tail(self, o: torch.Tensor, lin: torch.Tensor, H: int, W: int) -> torch.Tensor:
-        """``proj(o + lepe_conv(lin))``, all ``(B, N, C)``."""
-        return self.proj(self._lepe(lin, H, W).add_(o))
+        """``proj(o + lepe_conv(lin))``, all ``(B, N, C)``; out of place: both are views, and
+        an in-place add into a view costs a gradient clone in backward."""
+        return self.proj(o + self._lepe(lin, H, W))
 
 
 def _window_partition(x: torch.Tensor, H: int, W: int, window: int) -> torch.Tensor:
@@ -159,12 +160,10 @@ class HybridScaleAttention(_LePEProj):
         q1, lin, q2kv2 = fast_paths.project(self, y, ('q1', ), ('lepe_linear', ), ('q2', 'kv2'))
         o1, s_global = self.coarse_branch(y, q1, H, W)
         o2, s_local = self.window_branch(q2kv2, H, W)
-        # proj(cat([o1, o2]) + lepe), adding the halves into lepe in place (no concat buffer)
-        lepe = self._lepe(lin, H, W)
-        half = self.dim // 2
-        lepe[..., :half] += o1
-        lepe[..., half:] += o2
-        return self.proj(lepe), s_local + s_global
+        # proj(cat([o1, o2]) + lepe); the add goes into the fresh concatenation (in place into
+        # a slice of lepe would make autograd clone the gradient of lepe in backward)
+        mixed = torch.cat([o1, o2], dim=-1).add_(self._lepe(lin, H, W))
+        return self.proj(mixed), s_local + s_global
 
     def coarse_branch(self, y: torch.Tensor, q1: torch.Tensor, H: int, W: int
                       ) -> Tuple[torch.Tensor, torch.Tensor]:

@@ -72,17 +72,18 @@ class ConvStem(nn.Module):
         self.norm = nn.LayerNorm(embed_dim, eps=1e-5)
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, int, int]:
-        # Dense convs in the official (contiguous NCHW) layout: channels-last picks other conv
-        # algorithms whose float32 rounding flips near-ties of the later significance sort.
-        x = x.contiguous()
+        # Inference: dense convs in the official (contiguous NCHW) layout: channels-last picks
+        # other conv algorithms whose float32 rounding flips near-ties of the later significance
+        # sort. Training: channels-last (faster backward), see fast_paths.stem_memory_format.
         units = [self.conv[0], self.conv[2], self.conv[4]]
+        x = x.contiguous(memory_format=fast_paths.stem_memory_format(self, units[0].c.weight))
         chunks = fast_paths.image_chunks(self, x)
         if chunks is not None:  # inference on a batch: a few images at a time
             x = torch.cat([conv_gn_chain(units, c) for c in chunks])
         else:
             x = conv_gn_chain(units, x)
         _, _, H, W = x.shape
-        x = self.norm(x.flatten(2).transpose(1, 2))
+        x = self.norm(map_to_tokens(x))  # a view of channels-last maps, else a copy
         return x, H, W
 
 
@@ -177,9 +178,10 @@ class Block(nn.Module):
                 significance: Optional[torch.Tensor] = None
                 ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         a, sig_out = self.attn(self.norm1(x), H, W, significance)
-        # the branch outputs are fresh tensors: add the residual in place (autograd-safe)
-        x = self.drop_path(a).add_(x)
-        x = self.drop_path(self.mlp(self.norm2(x), H, W)).add_(x)
+        # out-of-place: the branch outputs are views (a 3-D F.linear returns one), and an
+        # in-place add into a view makes autograd clone the whole gradient in backward
+        x = x + self.drop_path(a)
+        x = x + self.drop_path(self.mlp(self.norm2(x), H, W))
         return x, sig_out
 
 

@@ -15,7 +15,9 @@ Training (autograd on):
 * :func:`ffn_tail` (``fc2(GELU(z + dwconv(z)))``) and :func:`norm_act_conv`
   (``conv(GELU(GroupNorm(x)))`` of the stem and the downsampling) save only their input and
   recompute the cheap element-wise / depthwise part in backward: the GELU input, the GELU output
-  and the normalized map are never stored (design §4, "Memory").
+  and the normalized map are never stored (design §4, "Memory");
+* :func:`stem_memory_format`: the stem's convs run channels-last.
+
 Inference (autograd off):
 
 * :func:`project` with the concatenated weights cached (not registered: the state dict is
@@ -134,15 +136,6 @@ def _chunks(Bt: int, g: int, Nq: int, Nk: int) -> Tuple[int, int]:
     return 1, max(1, _CHUNK_ELEMS // per_query)
 
 
-def _scores(q: torch.Tensor, kt: torch.Tensor, scale: float,
-            key_bias: Optional[torch.Tensor]) -> torch.Tensor:
-    """``softmax(q kt * scale + key_bias)`` in the official operation order."""
-    a = (q @ kt).mul_(scale)
-    if key_bias is not None:
-        a = a + key_bias
-    return a.softmax(dim=-1)
-
-
 def attention_and_key_mass(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
                            key_bias: Optional[torch.Tensor] = None,
                            query_mask: Optional[torch.Tensor] = None,
@@ -158,6 +151,11 @@ def attention_and_key_mass(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sc
     With autograd: the output from ``F.scaled_dot_product_attention`` (backward keeps the
     log-sum-exp, not the probabilities) and the mass from a no-grad pass in query chunks.
     Without autograd: output and mass from the same chunked pass.
+
+    Each chunk costs one score GEMM, the softmax, (inference) the value GEMM and one reduction
+    over heads and queries: the scale is applied to the queries (``Nq*d`` values, not
+    ``Nq*Nk``), and the mean over heads and then over queries becomes one sum divided once by
+    ``g * Nq`` (float rounding differs from the plain path's order in the last bits only).
     """
     from .attention import attention_and_key_mass as plain
     Bt, g, Nq, _ = q.shape
@@ -170,26 +168,26 @@ def attention_and_key_mass(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sc
         mask = None if key_bias is None else key_bias.to(q.dtype)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
     with torch.no_grad():
-        kt = k.transpose(-2, -1)
+        q_scaled, kt = q * scale, k.transpose(-2, -1)
         items, rows = _chunks(Bt, g, Nq, Nk)
         mass = q.new_zeros(Bt, Nk)
         if out is None:
             out = torch.empty_like(q)
         for b in range(0, Bt, items):
             bs = slice(b, b + items)
-            bias = None
-            if key_bias is not None:
-                bias = key_bias if key_bias.shape[0] == 1 else key_bias[bs]
             for s in range(0, Nq, rows):
                 qs = slice(s, s + rows)
-                a = _scores(q[bs, :, qs], kt[bs], scale, bias)
+                a = q_scaled[bs, :, qs] @ kt[bs]
+                if key_bias is not None:
+                    a += key_bias if key_bias.shape[0] == 1 else key_bias[bs]
+                a = a.softmax(dim=-1)
                 if not needs_grad:  # (no out=: the FLOP counter's matmul handle needs 2 inputs)
                     out[bs, :, qs] = a @ v[bs]
-                a = a.mean(1)  # (items, rows, Nk): mean over heads
                 if query_mask is not None:
-                    a = a * query_mask[bs, qs, None]
-                mass[bs] += a.sum(1)
-        mass = mass / (Nq if query_counts is None else query_counts)
+                    a.mul_(query_mask[bs, None, qs, None])
+                mass[bs] += a.sum((1, 2))
+        counts = Nq if query_counts is None else query_counts
+        mass = mass / (counts * g)
     return out, mass
 
 
@@ -209,8 +207,7 @@ def _reduced(dtype: torch.dtype) -> bool:
 class _FFNTail(torch.autograd.Function):
     """``fc2(GELU(z + dwconv(z)))`` saving ``z`` only; backward recomputes the GELU input and
     output (a depthwise conv and an element-wise op) instead of storing two ``(B, N, 4C)``
-    tensors. All tensors in ``z``'s dtype; returns ``(B*N, C)`` (a fresh tensor, so the block
-    may add into a view of it in place)."""
+    tensors. All tensors in ``z``'s dtype; returns ``(B*N, C)``."""
 
     @staticmethod
     def forward(ctx, z, H, W, dw_weight, dw_bias, fc2_weight, fc2_bias):
@@ -323,6 +320,19 @@ def norm_act_conv(norm: nn.GroupNorm, conv: nn.Conv2d, x: torch.Tensor) -> Optio
                               conv.stride[0], conv.padding[0], conv.groups)
 
 
+# ---------------------------------------------------------------------------------- layout
+
+
+def stem_memory_format(stem: nn.Module, weight: torch.Tensor) -> torch.memory_format:
+    """The layout the stem's convs run in: channels-last in training (oneDNN's backward of the
+    large 3x3 convs is 2-3x faster there, and the tokens after the stem are then a view), else
+    the official contiguous NCHW (its float32 rounding keeps the first significance map bitwise
+    the official one; channels-last convs round differently)."""
+    if _recompute_allowed(stem, weight):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
 # ---------------------------------------------------------------------------------- inference
 
 # Inference on a batch runs the stem and the large FFNs a few images at a time: the per-chunk
@@ -345,4 +355,4 @@ def image_chunks(module: nn.Module, x: torch.Tensor,
 
 
 __all__ = ['use_fast_path', 'project', 'attention_and_key_mass', 'ffn_tail', 'norm_act_conv',
-           'image_chunks']
+           'stem_memory_format', 'image_chunks']
