@@ -37,6 +37,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from mmengine.model.weight_init import trunc_normal_
 
+from .fast_paths import is_tracing
+
 __all__ = ['BORDER_MODES', 'POOL_METHODS', 'OFFICIAL_POOL_MASK', 'MASKED_LOGIT',
            'OFFICIAL_INDEX_BUFFERS',
            'neighbour_offsets', 'relative_position_index', 'FocalGeometry', 'focal_geometry',
@@ -62,21 +64,24 @@ def neighbour_offsets(window_size: int, expand_size: int) -> torch.Tensor:
     followed by ``valid_ind_rolled``: for roll ``(sy, sx)`` the rolled window cell ``(i, j)`` holds
     token ``(i - sy, j - sx)`` and is kept when its row or column is in the expanded band.
     For ws=7, es=3: n = 132 (120 ring cells + 12 duplicates), rows/cols in -3..9.
+
+    Computed in Python integers: the table has a static size also while the model is traced or
+    exported (a boolean-mask selection on tensors would give it a data-dependent size there).
     """
     if not 0 < expand_size < window_size:
         raise ValueError(f'expand_size={expand_size} must satisfy 0 < expand_size < '
                          f'window_size={window_size} to have surroundings')
     ws, es = window_size, expand_size
-    r = torch.arange(ws, device='cpu')  # explicit: right under `torch.device('meta')` too
-    rows, cols = torch.meshgrid(r, r, indexing='ij')
-    rows, cols = rows.flatten(), cols.flatten()
-    parts = []
+    pairs = []
     for sy, sx in ((-es, -es), (-es, es), (es, -es), (es, es)):
-        keep_row = rows >= ws - es if sy < 0 else rows < es
-        keep_col = cols >= ws - es if sx < 0 else cols < es
-        keep = keep_row | keep_col
-        parts.append(torch.stack([rows[keep] - sy, cols[keep] - sx], dim=1))
-    return torch.cat(parts)
+        for i in range(ws):  # rolled window cells, row-major
+            for j in range(ws):
+                keep_row = i >= ws - es if sy < 0 else i < es
+                keep_col = j >= ws - es if sx < 0 else j < es
+                if keep_row or keep_col:
+                    pairs.append((i - sy, j - sx))
+    # explicit device: right under `torch.device('meta')` too
+    return torch.tensor(pairs, dtype=torch.long, device='cpu')
 
 
 def relative_position_index(q_size: int, k_size: int) -> torch.Tensor:
@@ -151,8 +156,11 @@ def focal_geometry(hw_shape: Tuple[int, int], window_size: int, expand_size: int
         raise ValueError(f'padded_shape={(Hp, Wp)} must be multiples of window_size={ws} '
                          f'and >= hw_shape={(H, W)}')
     device = torch.device('cpu') if device is None else torch.device(device)
-    return _cached_geometry(H, W, Hp, Wp, ws, expand_size, focal_window, bool(pooled),
-                            border_mode == 'masked', str(device))
+    args = (H, W, Hp, Wp, ws, expand_size, focal_window, bool(pooled), border_mode == 'masked',
+            str(device))
+    if is_tracing():  # no fake or traced tensor may enter the cache
+        return _cached_geometry.__wrapped__(*args)
+    return _cached_geometry(*args)
 
 
 @functools.lru_cache(maxsize=32)
@@ -331,7 +339,8 @@ class FocalAttention(nn.Module):
         bias = self.attention_bias(geometry.expand).to(q.dtype)  # (nH, ws^2, S)
         mask = geometry.mask.to(q.dtype)  # (nW, S)
         # windows per SDPA call, so that the gathered keys/values and the mask of one call stay
-        # under `chunk_bytes` (large fresh allocations cost page faults on CPU)
+        # under `chunk_bytes` (large fresh allocations cost page faults on CPU); Python ints from
+        # static sizes (S too: see neighbour_offsets), so a traced graph has fixed chunks
         per_window = (2 * B * C + nH * ws * ws) * S * q.element_size()
         step = max(1, min(nW, self.chunk_bytes // per_window))
         outs = []
@@ -347,4 +356,9 @@ class FocalAttention(nn.Module):
             outs.append(out.view(B, nH, n, ws * ws, hd))
         out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
         out = out.view(B, nH, nWh, nWw, ws, ws, hd).permute(0, 2, 4, 3, 5, 1, 6)
+        if is_tracing():
+            # an explicit copy: the reshape below is recorded as a view when SDPA's traced output
+            # strides allow one (CPU flash kernel layout), and the strides of the decomposed SDPA
+            # the ONNX exporter translates do not (`contiguous()` would be a no-op in the trace)
+            out = out.clone(memory_format=torch.contiguous_format)
         return self.proj(out.reshape(B, Hp, Wp, C))
