@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from mmsgformer.ops import IMPLS, group_sizes_for, segment_layout, sg_aggregate
 from . import fast_paths
-from .blocks import map_to_tokens, tokens_to_map
+from .common import add_fresh, map_to_tokens, tokens_to_map
 from .significance import (global_significance, local_significance, rank_tokens,
                            window_query_weights)
 
@@ -79,9 +79,8 @@ class _LePEProj(nn.Module):
         return map_to_tokens(self.lepe_conv(tokens_to_map(lin, H, W)))
 
     def _tail(self, o: torch.Tensor, lin: torch.Tensor, H: int, W: int) -> torch.Tensor:
-        """``proj(o + lepe_conv(lin))``, all ``(B, N, C)``; out of place: both are views, and
-        an in-place add into a view costs a gradient clone in backward."""
-        return self.proj(o + self._lepe(lin, H, W))
+        """``proj(o + lepe_conv(lin))``, all ``(B, N, C)``."""
+        return self.proj(add_fresh(self._lepe(lin, H, W), o))
 
 
 def _window_partition(x: torch.Tensor, H: int, W: int, window: int) -> torch.Tensor:
@@ -160,9 +159,14 @@ class HybridScaleAttention(_LePEProj):
         q1, lin, q2kv2 = fast_paths.project(self, y, ('q1', ), ('lepe_linear', ), ('q2', 'kv2'))
         o1, s_global = self.coarse_branch(y, q1, H, W)
         o2, s_local = self.window_branch(q2kv2, H, W)
-        # proj(cat([o1, o2]) + lepe); the add goes into the fresh concatenation (in place into
-        # a slice of lepe would make autograd clone the gradient of lepe in backward)
-        mixed = torch.cat([o1, o2], dim=-1).add_(self._lepe(lin, H, W))
+        # proj(cat([o1, o2]) + lepe)
+        lepe = self._lepe(lin, H, W)
+        if torch.is_grad_enabled():  # (an add into slices of lepe: a gradient clone in backward)
+            mixed = torch.cat([o1, o2], dim=-1) + lepe
+        else:  # inference: the halves added into lepe in place, no concatenation buffer
+            mixed, half = lepe, self.dim // 2
+            mixed[..., :half] += o1
+            mixed[..., half:] += o2
         return self.proj(mixed), s_local + s_global
 
     def coarse_branch(self, y: torch.Tensor, q1: torch.Tensor, H: int, W: int

@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 
 from . import fast_paths
-from .common import DropPath, map_to_tokens, tokens_to_map
+from .common import DropPath, add_fresh, map_to_tokens, tokens_to_map
 
 
 class ConvGN(nn.Module):
@@ -178,10 +178,8 @@ class Block(nn.Module):
                 significance: Optional[torch.Tensor] = None
                 ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         a, sig_out = self.attn(self.norm1(x), H, W, significance)
-        # out-of-place: the branch outputs are views (a 3-D F.linear returns one), and an
-        # in-place add into a view makes autograd clone the whole gradient in backward
-        x = x + self.drop_path(a)
-        x = x + self.drop_path(self.mlp(self.norm2(x), H, W))
+        x = add_fresh(self.drop_path(a), x)
+        x = add_fresh(self.drop_path(self.mlp(self.norm2(x), H, W)), x)
         return x, sig_out
 
 

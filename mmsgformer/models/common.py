@@ -122,11 +122,24 @@ def tokens_to_map(x: torch.Tensor, H: int, W: int) -> torch.Tensor:
     return x.contiguous().view(B, H, W, C).permute(0, 3, 1, 2)
 
 
+def add_fresh(fresh: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    """``fresh + other`` where ``fresh`` is a temporary nothing else holds (a branch output).
+
+    Inference: in place into ``fresh`` (no new buffer; large fresh buffers cost page faults).
+    With autograd: out of place, because ``fresh`` is usually a view (a 3-D ``F.linear``
+    returns one) and an in-place add into a view makes autograd clone the whole gradient in
+    backward (a ``CopySlices`` node).
+    """
+    if torch.is_grad_enabled() and (fresh.requires_grad or other.requires_grad):
+        return fresh + other
+    return fresh.add_(other)
+
+
 def map_to_tokens(x: torch.Tensor) -> torch.Tensor:
     """``(B, C, H, W) -> (B, H*W, C)``: a view when ``x`` is channels-last, else a copy."""
     B, C, H, W = x.shape
     return x.permute(0, 2, 3, 1).reshape(B, H * W, C)
 
 
-__all__ = ['tokens_to_map', 'map_to_tokens', 'DropPath', 'select_arch', 'check_out_indices', 'check_frozen_stages',
+__all__ = ['tokens_to_map', 'map_to_tokens', 'add_fresh', 'DropPath', 'select_arch', 'check_out_indices', 'check_frozen_stages',
            'check_drop_path_rate', 'check_image_batch']
