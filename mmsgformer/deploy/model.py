@@ -3,7 +3,7 @@ import copy
 from typing import Any, Optional, Tuple
 
 __all__ = ['drop_pretrained', 'checkpoint_fit', 'check_checkpoint_fits', 'build_model',
-           'MIN_FIT']
+           'plain_paths', 'MIN_FIT']
 
 #: A checkpoint fits a model when at least this share of the model's state-dict tensors is in
 #: it with the same name and shape (a backbone-only or another model's checkpoint falls far
@@ -89,3 +89,22 @@ def build_model(cfg, codebase: str, checkpoint: Optional[str] = None, config: st
         check_checkpoint_fits(model, checkpoint, config)
         load_checkpoint(model, checkpoint, map_location='cpu', logger='silent')
     return model.eval()
+
+
+def plain_paths(model) -> int:
+    """Switch every module of ``model`` that has fast paths (``set_fast_path``, the SG-Former
+    backbone) to its plain path; returns how many were switched.
+
+    For an export with symbolic sizes: in inference the fast attention picks query chunks from
+    the input size in Python (``Bt * g * Nq * Nk <= 2**24`` scores, ``fast_paths._chunks``). One
+    graph for every size cannot branch on the size, and ``torch.export`` cannot even decide that
+    test: the sizes are nested floor divisions of H and W (``((H - 1) // 4 + 1) // 8`` ...), an
+    inequality sympy does not solve. The plain path computes the same attention unchunked (what
+    the fast path does below the threshold, e.g. at 224).
+    """
+    switched = 0
+    for module in model.modules():
+        if callable(getattr(module, 'set_fast_path', None)):
+            module.set_fast_path(False)
+            switched += 1
+    return switched

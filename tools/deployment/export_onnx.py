@@ -80,19 +80,23 @@ def export(wrapper: ExportWrapper, shape: Tuple[int, int], out: str, dynamic: bo
 
     A deep copy is exported: tracing runs the model on fake tensors, and whatever a module
     caches on itself during that run (e.g. fused projection weights) must not reach the model
-    that is then run eagerly as the reference.
+    that is then run eagerly as the reference. With ``dynamic`` the copy takes its plain path
+    (:func:`mmsgformer.deploy.plain_paths`: no chunking chosen from the size) and the file's
+    input is ``(1, 3, height, width)``.
     """
     import copy
 
-    from torch.export import Dim
-
-    from mmsgformer.deploy import custom_translation_table
+    from mmsgformer.deploy import custom_translation_table, plain_paths
     x = torch.randn(1, 3, *shape)
-    dynamic_shapes = {'x': {2: Dim.DYNAMIC, 3: Dim.DYNAMIC}} if dynamic else None
+    model = copy.deepcopy(wrapper)
+    dynamic_shapes = None
+    if dynamic:
+        plain_paths(model)
+        dynamic_shapes = {'x': {2: 'height', 3: 'width'}}  # named symbolic sizes (Dim.DYNAMIC)
     os.makedirs(osp.dirname(osp.abspath(out)), exist_ok=True)
     t0 = time.perf_counter()
     # the model's size-keyed caches stay empty while exporting (fast_paths.is_tracing)
-    torch.onnx.export(copy.deepcopy(wrapper), (x,), out, dynamo=True,
+    torch.onnx.export(model, (x,), out, dynamo=True,
                       dynamic_shapes=dynamic_shapes,
                       input_names=['input'], external_data=False, verbose=False,
                       custom_translation_table=custom_translation_table())
@@ -182,6 +186,10 @@ def run(config: str, shape: Tuple[int, int], out: str, checkpoint: Optional[str]
             diff, scale, xi = compare(wrapper, session, hw)
         except Exception as exc:  # the file does not serve this size
             print(f'at {hw[0]}x{hw[1]}: onnxruntime FAILED: {str(exc).splitlines()[0][:300]}')
+            if i > 0:
+                print(f'the file is specialized to {shape[0]}x{shape[1]}: the model took a '
+                      'size-specific branch there (README, "ONNX export": which sizes to '
+                      'export at)')
             result['ok'] = False
             continue
         x = xi if i == 0 else x
