@@ -3,7 +3,8 @@
 The translation is checked three ways: against the pure-PyTorch reference in float64 (no ONNX
 needed), as an exported self-guided aggregation (significance -> two rankings -> aggregation) run
 in onnxruntime at two sizes from one dynamic-shape file, and through
-``tools/deployment/export_onnx.py`` on a tiny SG-Former classifier. The tests that need onnx,
+``tools/deployment/export_onnx.py`` on tiny classifiers: SG-Former static and with symbolic
+height/width (one file checked at two sizes), Focal Transformer static. The tests that need onnx,
 onnxscript and onnxruntime skip when they are not installed.
 """
 import importlib.util
@@ -119,6 +120,80 @@ def test_export_tool_tiny_classifier(tmp_path, capsys):
     diff = float(line.split(':')[1].split()[0])
     assert diff < 1e-4 and code == 0, text
     assert 'PyTorch' in text and 'onnxruntime' in text and 'ms' in text
+    graph = onnx.load(out).graph
+    assert [d.dim_value for d in graph.output[0].type.tensor_type.shape.dim] == [1, 10]
+    assert {node.domain for node in graph.node} <= {''}
+
+
+def _diffs(text):
+    """``{(H, W): diff}`` from the tool's ``max abs diff vs PyTorch`` lines."""
+    out = {}
+    for ln in text.splitlines():
+        if ln.startswith('max abs diff vs PyTorch: '):
+            size = ln.split('(at ')[1].split(',')[0]
+            out[tuple(int(v) for v in size.split('x'))] = float(ln.split(':')[1].split()[0])
+    return out
+
+
+def test_plain_paths_switches_the_sgformer_fast_paths():
+    from mmsgformer.deploy import plain_paths
+    from mmsgformer.models import SGFormer
+    backbone = SGFormer(arch=TINY, mlp_ratio=2)
+    wrapper = torch.nn.Sequential(backbone)
+    assert plain_paths(wrapper) == 1
+    assert all(not getattr(m, 'fast_path', False) for m in backbone.modules())
+
+
+@pytest.mark.slow
+@needs_deploy
+def test_export_tool_tiny_classifier_dynamic_size(tmp_path, capsys):
+    """One file with symbolic height/width, checked at its export size and at another one.
+
+    64 px: every stage grid (16, 8, 4, 2) is window-padded; 112 px: stages 1-3 (28, 14, 7) are
+    multiples of 7, where eager PyTorch takes its no-padding branches: the file's general
+    graph must agree there too."""
+    import onnx
+    from export_onnx import main
+    torch.manual_seed(0)
+    out = str(tmp_path / 'tiny_dyn.onnx')
+    code = main([_tiny_config(tmp_path), '--shape', '64', '64', '--dynamic', '--check-shape',
+                 '112', '112', '--out', out, '--repeats', '0'])
+    text = capsys.readouterr().out
+    diffs = _diffs(text)
+    assert set(diffs) == {(64, 64), (112, 112)}, text
+    assert max(diffs.values()) < 1e-4 and code == 0, text
+    graph = onnx.load(out).graph
+    dims = graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_value or d.dim_param for d in dims] == [1, 3, 'height', 'width']
+    assert {node.domain for node in graph.node} <= {''}
+
+
+_FOCAL_TINY = dict(embed_dims=16, depths=[1, 1, 2, 1], num_heads=[1, 2, 2, 4])
+
+
+@pytest.mark.slow
+@needs_deploy
+def test_export_tool_tiny_focal_classifier(tmp_path, capsys, monkeypatch):
+    """Static export of a Focal classifier, its attention in several chunks per stage.
+
+    A small ``chunk_bytes`` makes stage 1 (64 px: 3x3 windows) and stage 2 run in chunks; the
+    chunk size is Python arithmetic on static sizes, which an export needs (a key count
+    taken from a boolean-mask selection was data-dependent there)."""
+    import onnx
+    from export_onnx import main
+
+    from mmsgformer.models.focal_attention import FocalAttention
+    monkeypatch.setattr(FocalAttention, 'chunk_bytes', 1 << 18)
+    cfg = tmp_path / 'tiny_focal.py'
+    cfg.write_text(f"_base_ = [{osp.join(REPO, 'configs', 'focal_t_in1k.py')!r}]\n"
+                   f"model = dict(backbone=dict(arch=dict(_delete_=True, **{_FOCAL_TINY!r})), "
+                   "head=dict(in_channels=128, num_classes=10))\n")
+    torch.manual_seed(0)
+    out = str(tmp_path / 'focal.onnx')
+    code = main([str(cfg), '--shape', '64', '64', '--out', out, '--repeats', '0'])
+    text = capsys.readouterr().out
+    diffs = _diffs(text)
+    assert set(diffs) == {(64, 64)} and diffs[(64, 64)] < 1e-5 and code == 0, text
     graph = onnx.load(out).graph
     assert [d.dim_value for d in graph.output[0].type.tensor_type.shape.dim] == [1, 10]
     assert {node.domain for node in graph.node} <= {''}
