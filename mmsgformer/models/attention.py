@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from mmsgformer.ops import IMPLS, group_sizes_for, segment_layout, sg_aggregate
 from . import fast_paths
-from .common import add_fresh, map_to_tokens, tokens_to_map
+from .common import add_fresh, is_symbolic, map_to_tokens, tokens_to_map
 from .significance import (global_significance, local_significance, rank_tokens,
                            window_query_weights)
 
@@ -89,7 +89,7 @@ def _window_partition(x: torch.Tensor, H: int, W: int, window: int) -> torch.Ten
     B, _, ch = x.shape
     x = x.view(B, H, W, ch)
     Hp, Wp = -(-H // window) * window, -(-W // window) * window
-    if Hp != H or Wp != W:
+    if is_symbolic(H, W) or Hp != H or Wp != W:
         x = F.pad(x, (0, 0, 0, Wp - W, 0, Hp - H))
     x = x.view(B, Hp // window, window, Wp // window, window, ch).permute(0, 1, 3, 2, 4, 5)
     return x.reshape(-1, window * window, ch)
@@ -102,7 +102,7 @@ def _window_reverse(x: torch.Tensor, B: int, H: int, W: int, window: int) -> tor
     Hp, Wp = -(-H // window) * window, -(-W // window) * window
     x = x.view(B, Hp // window, Wp // window, window, window, ch).permute(0, 1, 3, 2, 4, 5)
     x = x.reshape(B, Hp, Wp, ch)
-    if Hp != H or Wp != W:
+    if is_symbolic(H, W) or Hp != H or Wp != W:
         x = x[:, :H, :W]
     return x.reshape(B, H * W, ch)
 
@@ -204,7 +204,8 @@ class HybridScaleAttention(_LePEProj):
         q2 = q2.reshape(nwin, L, g, d).transpose(1, 2)
         k2, v2 = kv2.reshape(nwin, L, 2, g, d).permute(2, 0, 3, 1, 4)
         key_bias = qmask = qcount = None
-        if H % w or W % w:  # padded windows: mask padded keys, average over real queries
+        # padded windows: mask padded keys, average over real queries (always with symbolic sizes)
+        if is_symbolic(H, W) or H % w or W % w:
             mask = _key_mask_cpu(H, W, w).to(device=q2.device, dtype=q2.dtype).repeat(B, 1)
             qmask, qcount = mask, mask.sum(1, keepdim=True)
             key_bias = torch.zeros_like(mask).masked_fill_(mask == 0, float('-inf'))

@@ -116,6 +116,13 @@ def check_image_batch(x: torch.Tensor, in_channels: int, min_size: int, backbone
                          f'must be >= {min_size} pixels')
 
 
+def is_symbolic(*sizes) -> bool:
+    """True when a size is a ``torch.SymInt`` (``torch.export`` with dynamic shapes,
+    ``torch.compile(dynamic=True)``): size branches then take their general path, so that one
+    graph serves every size (a branch on a symbolic size would pin the graph to the traced one)."""
+    return any(isinstance(s, torch.SymInt) for s in sizes)
+
+
 def tokens_to_map(x: torch.Tensor, H: int, W: int) -> torch.Tensor:
     """``(B, H*W, C) -> (B, C, H, W)``: a channels-last view of contiguous tokens (no copy)."""
     B, N, C = x.shape
@@ -142,4 +149,4 @@ def map_to_tokens(x: torch.Tensor) -> torch.Tensor:
 
 
 __all__ = ['tokens_to_map', 'map_to_tokens', 'add_fresh', 'DropPath', 'select_arch', 'check_out_indices', 'check_frozen_stages',
-           'check_drop_path_rate', 'check_image_batch']
+           'check_drop_path_rate', 'check_image_batch', 'is_symbolic']

@@ -15,7 +15,7 @@ from mmsgformer.ops import IMPLS, group_sizes_for
 from .attention import HybridScaleAttention, SelfGuidedAttention, StandardAttention
 from .blocks import Block, ConvDownsample, ConvStem, tokens_to_map
 from .common import (check_drop_path_rate, check_frozen_stages, check_image_batch,
-                     check_out_indices, select_arch)
+                     check_out_indices, is_symbolic, select_arch)
 from .pretrained import PretrainedInitMixin
 from .significance import SignificanceRecord
 
@@ -49,9 +49,10 @@ def resize_pos_embed(pos_embed: torch.Tensor, src_hw: Tuple[int, int],
                      dst_hw: Tuple[int, int]) -> torch.Tensor:
     """Bicubic (``align_corners=False``) resize of a ``(1, Hs*Ws, C)`` table to ``(1, Hd*Wd, C)``.
 
-    Returns the input unchanged when the grids are equal.
+    Returns the input unchanged when the grids are equal (and static: a symbolic grid is
+    always resized, an identity at equal sizes).
     """
-    if tuple(src_hw) == tuple(dst_hw):
+    if not is_symbolic(*dst_hw) and tuple(src_hw) == tuple(dst_hw):
         return pos_embed
     _, n, c = pos_embed.shape
     if n != src_hw[0] * src_hw[1]:
@@ -310,7 +311,7 @@ class SGFormer(PretrainedInitMixin, BaseModule):
     # ------------------------------------------------------------------ position table
     def _stage_pos_embed(self, H: int, W: int) -> torch.Tensor:
         """Position table for a stem grid ``(H, W)``: ``(1, H*W, C1)``."""
-        if (H, W) == self.pos_grid:
+        if not is_symbolic(H, W) and (H, W) == self.pos_grid:
             return self.pos_embed
         return resize_pos_embed(self.pos_embed, self.pos_grid, (H, W))
 

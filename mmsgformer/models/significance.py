@@ -17,6 +17,7 @@ from typing import Dict, Tuple
 import torch
 import torch.nn.functional as F
 
+from .common import is_symbolic
 from .fast_paths import is_tracing
 
 
@@ -88,7 +89,7 @@ def local_significance(mass: torch.Tensor, batch: int, H: int, W: int,
     Hp, Wp = -(-H // window) * window, -(-W // window) * window
     nh, nw = Hp // window, Wp // window
     s = mass.reshape(batch, nh, nw, window, window).permute(0, 1, 3, 2, 4).reshape(batch, Hp, Wp)
-    if Hp != H or Wp != W:
+    if is_symbolic(H, W) or Hp != H or Wp != W:
         s = s[:, :H, :W]
     return s
 
