@@ -149,15 +149,16 @@ def test_plain_paths_switches_the_sgformer_fast_paths():
 def test_export_tool_tiny_classifier_dynamic_size(tmp_path, capsys):
     """One file with symbolic height/width, checked at its export size and at another one.
 
-    64 px: every stage grid (16, 8, 4, 2) is window-padded; 112 px: stages 1-3 (28, 14, 7) are
-    multiples of 7, where eager PyTorch takes its no-padding branches: the file's general
-    graph must agree there too."""
+    Exported at 112 px, where stages 1-3 (28, 14, 7) are multiples of 7 and eager PyTorch takes
+    its no-padding branches: with symbolic sizes the model takes its general (padded, masked)
+    path instead (``common.is_symbolic``), so the file also serves 64 px, where every stage grid
+    (16, 8, 4, 2) is window-padded."""
     import onnx
     from export_onnx import main
     torch.manual_seed(0)
     out = str(tmp_path / 'tiny_dyn.onnx')
-    code = main([_tiny_config(tmp_path), '--shape', '64', '64', '--dynamic', '--check-shape',
-                 '112', '112', '--out', out, '--repeats', '0'])
+    code = main([_tiny_config(tmp_path), '--shape', '112', '112', '--dynamic', '--check-shape',
+                 '64', '64', '--out', out, '--repeats', '0'])
     text = capsys.readouterr().out
     diffs = _diffs(text)
     assert set(diffs) == {(64, 64), (112, 112)}, text
