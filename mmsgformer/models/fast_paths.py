@@ -35,7 +35,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .common import map_to_tokens, tokens_to_map
+from .common import add_fresh, map_to_tokens, tokens_to_map
 
 
 def is_compiling() -> bool:
@@ -241,9 +241,15 @@ class _FFNTail(torch.autograd.Function):
 
 def _ffn_hidden(z: torch.Tensor, H: int, W: int, dw_weight: torch.Tensor,
                 dw_bias: torch.Tensor) -> torch.Tensor:
-    """``GELU(z + dwconv(z))`` for ``z (B, H*W, C4)`` (channels-last depthwise 3x3 conv)."""
+    """``GELU(z + dwconv(z))`` for ``z (B, H*W, C4)`` (channels-last depthwise 3x3 conv); in
+    place into the conv output when autograd is off (the forward of :class:`_FFNTail`)."""
     conv = F.conv2d(tokens_to_map(z, H, W), dw_weight, dw_bias, 1, 1, 1, z.shape[-1])
-    return F.gelu(map_to_tokens(conv) + z)
+    return _gelu(add_fresh(map_to_tokens(conv), z))
+
+
+def _gelu(x: torch.Tensor) -> torch.Tensor:
+    """GELU, in place on ``x`` (a temporary) when autograd is off."""
+    return F.gelu(x) if torch.is_grad_enabled() else torch.ops.aten.gelu_(x)
 
 
 def ffn_tail(mlp: nn.Module, z: torch.Tensor, H: int, W: int) -> Optional[torch.Tensor]:
@@ -306,9 +312,9 @@ def _norm_act(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
               eps: float) -> torch.Tensor:
     """``GELU(GroupNorm(1, C)(x))`` in float32 for reduced-precision ``x``, cast back."""
     if _reduced(x.dtype):
-        a = F.gelu(F.group_norm(x.float(), 1, weight.float(), bias.float(), eps))
+        a = _gelu(F.group_norm(x.float(), 1, weight.float(), bias.float(), eps))
         return a.to(x.dtype)
-    return F.gelu(F.group_norm(x, 1, weight, bias, eps))
+    return _gelu(F.group_norm(x, 1, weight, bias, eps))
 
 
 def norm_act_conv(norm: nn.GroupNorm, conv: nn.Conv2d, x: torch.Tensor) -> Optional[torch.Tensor]:
