@@ -175,11 +175,14 @@ def attention_and_key_mass(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sc
             out = torch.empty_like(q)
         for b in range(0, Bt, items):
             bs = slice(b, b + items)
+            bias = None
+            if key_bias is not None:
+                bias = key_bias if key_bias.shape[0] == 1 else key_bias[bs]
             for s in range(0, Nq, rows):
                 qs = slice(s, s + rows)
                 a = q_scaled[bs, :, qs] @ kt[bs]
-                if key_bias is not None:
-                    a += key_bias if key_bias.shape[0] == 1 else key_bias[bs]
+                if bias is not None:
+                    a += bias
                 a = a.softmax(dim=-1)
                 if not needs_grad:  # (no out=: the FLOP counter's matmul handle needs 2 inputs)
                     out[bs, :, qs] = a @ v[bs]
