@@ -98,6 +98,8 @@ STACK=(
   ftfy regex pycocotools matplotlib pytest
   click colorama model-index pandas requests rich tabulate
 )
+# The ONNX export (mmsgformer[deploy]) and its tests need the dynamo-based exporter: torch >= 2.9.
+if [ "$TORCH_MINOR" -ge 9 ]; then STACK+=(onnx onnxscript onnxruntime); fi
 if [ "$PRINT_CONSTRAINTS" = 1 ]; then echo "$MERGED"; trap - EXIT; exit 0; fi
 STAMP_TEXT="python311 $(echo "$MERGED" | tr '\n' ' ')${STACK[*]}"
 
