@@ -369,9 +369,14 @@ def test_benchmark_table_ratios_and_cpu_flag():
     notes = table[table.index('') + 1:]
     assert any('3x the forward' in n for n in notes)
     assert any(n.startswith('! cpu share under 90%') and '(1 row(s))' in n for n in notes)
-    # no flag, no flag note; no train rows, no 3x note
+    # no flag, no flag note; no train rows, no 3x note; no GEMM rate, no GEMM column
     quiet = tool.format_table(results[:2])
-    assert '!' not in quiet and '3x' not in quiet
+    assert '!' not in quiet and '3x' not in quiet and 'GEMM' not in quiet
+    # with the run's GEMM rate: the share of it each row's GMac/s reaches
+    shared = tool.format_table(results[:2], gemm_rate=125.).splitlines()
+    assert shared[0].split()[-2:] == ['GEMM', 'share']
+    assert shared[3].split()[-1] == '77%' and shared[2].split()[-1] == 'n/a'
+    assert any(n.startswith('GEMM share: GMac/s over 125.0 GMac/s') for n in shared)
 
 
 def test_benchmark_cells_follow_modes_sizes_and_with_cp():
@@ -451,18 +456,21 @@ def test_benchmark_train_smoke_run(tmp_path, one_thread):
     assert 'loss = sum of mean squares of the outputs, backward, 0 warm-up + best of 1 steps' \
         in lines[0]
     assert lines[1].split()[:4] == ['model', 'mode', 'input', 'batch']
+    assert lines[1].split()[-2:] == ['GEMM', 'share']
     rows = [line.split() for line in lines if line.startswith(('sgformer-tiny', 'swin-tiny'))]
     assert [r[:4] for r in rows] == [['swin-tiny-test', 'train', '64x64', '2'],
                                      ['sgformer-tiny', 'train', '64x64', '2']]
     for r in rows:  # GMac/s is GMac / (s/step) from the row's own (rounded) figures
         step_s, gmac, gmac_s = float(r[5]), float(r[7]), float(r[8])
         assert gmac > 0 and gmac_s == pytest.approx(gmac / step_s, rel=2e-3)
+        assert r[-1].endswith('%') and float(r[-1][:-1]) > 0
     assert rows[0][6] == rows[0][11] == '1.00x' and rows[1][6].endswith('x')
     assert any('3x the forward' in line for line in lines)
     res = {r['model']: r for r in json.loads((tmp_path / 'r.json').read_text())}
     tool = _load_tool('benchmark')
     for name, r in res.items():
         assert r['gmac_per_s'] == pytest.approx(r['gmac_step'] / r['step_s'], rel=1e-12)
+        assert r['gemm_gmac_per_s'] > 0
         assert r['gmac_step'] == pytest.approx(3 * r['gmac_fwd'], rel=1e-12)
         assert r['growth_mib'] > 0 and len(r['times']) == 1
     # the forward count is the FLOP counter's for that model and input (batch 2)

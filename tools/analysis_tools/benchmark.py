@@ -33,6 +33,10 @@ and ``growth MiB`` is that peak minus the RSS at that moment (model weights and 
 Python/torch/mm* import baseline excluded; gradients and everything the steps allocate
 included). ``cpu`` is the process CPU time over wall time divided by the thread count during the
 timed steps; a row under 90% is flagged ``!`` (the machine was busy: its times are unreliable).
+``GEMM share``: the row's GMac/s over the rate of one large float32 GEMM (``torch.mm`` of two
+2048x2048 matrices, same thread count) measured in its own fresh process in the same run, the
+machine's practical multiply-add rate: a model near 100% cannot get faster without doing fewer
+multiply-adds.
 
 Usage::
 
@@ -61,6 +65,7 @@ RESULT_TAG = 'BENCHMARK_RESULT '
 REFERENCE = 'swin-t'
 CPU_FLAG = 0.9  # rows whose cpu share is below this are flagged
 TRAIN_MAC_FACTOR = 3  # multiply-adds of forward + backward, in forwards
+GEMM_SIZE = 2048  # the reference GEMM: (GEMM_SIZE x GEMM_SIZE) @ (GEMM_SIZE x GEMM_SIZE)
 
 # name -> (family, arch) ; built by _build_backbone
 MODELS: Dict[str, Tuple[str, str]] = {
@@ -270,6 +275,22 @@ def run_worker(spec: dict) -> dict:
     return res
 
 
+def run_gemm_reference(spec: dict) -> dict:
+    """The multiply-add rate of one large float32 GEMM on ``spec['threads']`` threads: the
+    best of ``spec['repeats']`` (default 5) ``torch.mm`` calls after one warm-up call."""
+    import torch
+    torch.set_num_threads(spec['threads'])
+    n = spec.get('n', GEMM_SIZE)
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    out = torch.mm(a, b)
+    times = []
+    for _ in range(spec.get('repeats', 5)):
+        t0 = time.perf_counter()
+        torch.mm(a, b, out=out)
+        times.append(time.perf_counter() - t0)
+    return dict(spec, gemm_gmac_per_s=n ** 3 / 1e9 / min(times), times=times)
+
+
 def measure(spec: dict, timeout: float) -> dict:
     """Run one cell in a fresh interpreter and parse its result line."""
     cmd = [sys.executable, os.path.abspath(__file__), '--worker', json.dumps(spec)]
@@ -297,12 +318,19 @@ def _fmt(v: Optional[float], spec: str) -> str:
     return 'n/a' if v is None else format(v, spec)
 
 
-def format_table(results: List[dict], reference: str = REFERENCE) -> str:
+def _share(gmac_per_s: Optional[float], gemm_rate: float) -> str:
+    return 'n/a' if gmac_per_s is None else f'{100 * gmac_per_s / gemm_rate:.0f}%'
+
+
+def format_table(results: List[dict], reference: str = REFERENCE,
+                 gemm_rate: Optional[float] = None) -> str:
     """One table of inference and training rows, with footnotes.
 
     Ratios are against the ``reference`` model (Swin-T, without ``with_cp``) of the same mode and
     input measured in the same run: ``time vs`` compares seconds per image (> 1 = slower),
     ``growth vs`` the peak memory growth. Rows with a cpu share under 90% are marked ``!``.
+    ``gemm_rate`` (GMac/s of the reference GEMM, :func:`run_gemm_reference`) adds the ``GEMM
+    share`` column.
     """
     ref = {}
     for r in results:
@@ -311,7 +339,8 @@ def format_table(results: List[dict], reference: str = REFERENCE) -> str:
     short = 'Swin-T' if reference == 'swin-t' else reference
     head = (f"{'model':<18} {'mode':<5} {'input':>9} {'batch':>5} {'img/s':>8} {'s/step':>8} "
             f"{'time vs ' + short:>14} {'GMac':>9} {'GMac/s':>8} {'peak MiB':>9} "
-            f"{'growth MiB':>10} {'growth vs ' + short:>16} {'cpu':>5} {'params M':>9}")
+            f"{'growth MiB':>10} {'growth vs ' + short:>16} {'cpu':>5} {'params M':>9}"
+            + (f" {'GEMM share':>10}" if gemm_rate else ''))
     lines = [head, '-' * len(head)]
     flagged = train_rows = 0
     for r in results:
@@ -333,11 +362,15 @@ def format_table(results: List[dict], reference: str = REFERENCE) -> str:
                      f"{1 / per_img:>8.3g} {r['step_s']:>8.4g} {speed:>14} "
                      f"{_fmt(r.get('gmac_step'), '9.4g'):>9} "
                      f"{_fmt(r.get('gmac_per_s'), '8.4g'):>8} {r['peak_mib']:>9.0f} "
-                     f"{r['growth_mib']:>10.0f} {mem:>16} {cpu:>6} {r['params_m']:>9.2f}")
+                     f"{r['growth_mib']:>10.0f} {mem:>16} {cpu:>6} {r['params_m']:>9.2f}"
+                     + (f" {_share(r.get('gmac_per_s'), gemm_rate):>10}" if gemm_rate else ''))
     notes = [f'time / growth vs {short}: seconds per image / peak memory growth over those of '
              f'{reference} in the same mode and input in this run (> 1 = slower / more).',
              f'GMac: multiply-adds of one step (mmsgformer.analysis.flops on the cell\'s model '
              f'and input); GMac/s = GMac / s/step.']
+    if gemm_rate:
+        notes.append(f'GEMM share: GMac/s over {gemm_rate:.1f} GMac/s, the rate of one float32 '
+                     f'{GEMM_SIZE}x{GEMM_SIZE} GEMM (torch.mm, same threads) in this run.')
     if train_rows:
         notes.append(f'train rows: GMac = {TRAIN_MAC_FACTOR}x the forward\'s multiply-adds '
                      f'(forward + backward).')
@@ -474,7 +507,9 @@ def cell_specs(args: argparse.Namespace) -> List[dict]:
 def main(argv: Optional[Sequence[str]] = None, emit: Callable[[str], None] = print) -> int:
     args = parse_args(argv)
     if args.worker:
-        emit(RESULT_TAG + json.dumps(run_worker(json.loads(args.worker))))
+        spec = json.loads(args.worker)
+        run = run_gemm_reference if spec.get('kind') == 'gemm' else run_worker
+        emit(RESULT_TAG + json.dumps(run(spec)))
         return 0
     if args.profile:
         for mode in args.modes:
@@ -490,11 +525,15 @@ def main(argv: Optional[Sequence[str]] = None, emit: Callable[[str], None] = pri
               f"{res.get('error') or format(res['step_s'], '.3f') + ' s/step'} "
               f'({time.perf_counter() - t0:.0f} s incl. start-up)', file=sys.stderr)
         results.append(res)
+    gemm = None
+    if not args.no_gmac:  # the machine's GEMM rate, after the rows (same conditions)
+        gemm = measure(dict(kind='gemm', threads=args.threads), args.timeout)
+    gemm_rate = None if gemm is None or 'error' in gemm else gemm['gemm_gmac_per_s']
     emit(describe_protocol(results, args.threads))
-    emit(format_table(results, args.reference))
-    if args.json:
+    emit(format_table(results, args.reference, gemm_rate))
+    if args.json:  # the rows, each with the run's GEMM rate
         with open(args.json, 'w') as f:
-            json.dump(results, f, indent=1)
+            json.dump([dict(r, gemm_gmac_per_s=gemm_rate) for r in results], f, indent=1)
     return 0 if all('error' not in r for r in results) else 1
 
 
