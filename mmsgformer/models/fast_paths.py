@@ -223,23 +223,34 @@ class _FFNTail(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out):
+        # Written out instead of autograd over a recomputed graph: each (B, N, 4C) temporary is
+        # reused in place where the next step allows it (the GELU input is built in the conv's
+        # output, its gradient in grad_h), and freed as soon as it is spent. On the CPU every
+        # fresh large buffer costs page faults, so fewer of them is time as well as memory.
         z, dw_weight, dw_bias, fc2_weight = ctx.saved_tensors
         need_z, _, _, need_dww, need_dwb, need_w2, need_b2 = ctx.needs_input_grad
-        with torch.enable_grad(), _no_autocast(z):
-            leaves = [t.detach().requires_grad_(n) for t, n in
-                      ((z, need_z), (dw_weight, need_dww), (dw_bias, need_dwb))]
-            h = _ffn_hidden(leaves[0], *ctx.hw, leaves[1], leaves[2])
-        h2 = h.detach().reshape(-1, h.shape[-1])
-        grad_out = grad_out.to(z.dtype)
-        grad_w2 = grad_out.t() @ h2 if need_w2 else None
-        grad_b2 = grad_out.sum(0) if need_b2 else None
-        grads = [None, None, None]
-        wanted = [t for t in leaves if t.requires_grad]
-        if wanted:
-            grad_h = (grad_out @ fc2_weight).view_as(h)
-            got = iter(torch.autograd.grad(h, wanted, grad_h))
-            grads = [next(got) if t.requires_grad else None for t in leaves]
-        return grads[0], None, None, grads[1], grads[2], grad_w2, grad_b2
+        H, W = ctx.hw
+        C4 = z.shape[-1]
+        with torch.no_grad(), _no_autocast(z):
+            grad_out = grad_out.to(z.dtype).reshape(-1, fc2_weight.shape[0])
+            z_map = tokens_to_map(z, H, W)
+            u = map_to_tokens(F.conv2d(z_map, dw_weight, dw_bias, 1, 1, 1, C4)).add_(z)
+            grad_w2 = grad_b2 = None
+            if need_w2:
+                grad_w2 = grad_out.t() @ F.gelu(u).reshape(-1, C4)
+            if need_b2:
+                grad_b2 = grad_out.sum(0)
+            if not (need_z or need_dww or need_dwb):
+                return None, None, None, None, None, grad_w2, grad_b2
+            grad_u = (grad_out @ fc2_weight).view_as(u)
+            torch.ops.aten.gelu_backward.grad_input(grad_u, u, grad_input=grad_u)
+            del u
+            grad_in, grad_dww, grad_dwb = torch.ops.aten.convolution_backward(
+                tokens_to_map(grad_u, H, W), z_map, dw_weight, [C4], [1, 1], [1, 1], [1, 1],
+                False, [0, 0], C4, [need_z, need_dww, need_dwb])
+            grad_z = map_to_tokens(grad_in).add_(grad_u) if need_z else None
+        return (grad_z, None, None, grad_dww if need_dww else None,
+                grad_dwb if need_dwb else None, grad_w2, grad_b2)
 
 
 def _ffn_hidden(z: torch.Tensor, H: int, W: int, dw_weight: torch.Tensor,
