@@ -365,6 +365,7 @@ def test_benchmark_table_ratios_and_cpu_flag():
     assert rows[4][:2] == ['sgformer-s', 'train'] and rows[4][6] == '1.50x'
     assert rows[4][11:13] == ['2.00x', '50%!']
     assert rows[3][12] == '98%' and rows[5][12] == '98%'
+    assert table[0].split()[-4:-2] == ['cpu', 'sys'] and rows[3][13] == 'n/a'
     assert rows[5][0] == 'sgformer-s+cp' and rows[5][6] == '2.00x' and rows[5][11] == '0.50x'
     notes = table[table.index('') + 1:]
     assert any('3x the forward' in n for n in notes)
@@ -451,7 +452,8 @@ def test_benchmark_train_smoke_run(tmp_path, one_thread):
                     '--warmup', '0', '--threads', '1', '--reference', 'swin-tiny-test',
                     '--json', str(tmp_path / 'r.json'))
     lines = out.strip().splitlines()
-    assert lines[0].startswith('CPU benchmark: torch.set_num_threads(1)')
+    assert lines[0].startswith('CPU benchmark: torch.set_num_threads(1), one fresh process per '
+                               'row, glibc malloc defaults;')
     assert 'infer rows' not in lines[0]
     assert 'loss = sum of mean squares of the outputs, backward, 0 warm-up + best of 1 steps' \
         in lines[0]
@@ -470,10 +472,51 @@ def test_benchmark_train_smoke_run(tmp_path, one_thread):
     tool = _load_tool('benchmark')
     for name, r in res.items():
         assert r['gmac_per_s'] == pytest.approx(r['gmac_step'] / r['step_s'], rel=1e-12)
-        assert r['gemm_gmac_per_s'] > 0
+        assert r['gemm_gmac_per_s'] > 0 and 0 <= r['sys_share'] < 1
         assert r['gmac_step'] == pytest.approx(3 * r['gmac_fwd'], rel=1e-12)
         assert r['growth_mib'] > 0 and len(r['times']) == 1
     # the forward count is the FLOP counter's for that model and input (batch 2)
     model = tool.build_model('sgformer-tiny', dense=True, img_hw=(64, 64))
     assert res['sgformer-tiny']['gmac_fwd'] * 1e9 == pytest.approx(
         tool.forward_macs(model, torch.zeros(2, 3, 64, 64)), rel=1e-12)
+
+
+@pytest.mark.parametrize('name', ['sgformer-tiny', 'swin-tiny-test', 'focal-tiny-test'])
+def test_benchmark_breakdown_parts(name, one_thread):
+    # every part's multiply-adds are counted once: the parts plus 'other' give the forward's total
+    tool = _load_tool('benchmark')
+    text = tool.breakdown(name, '64x96', batch=1, repeats=1, threads=1)
+    head, columns, *rows = text.splitlines()
+    assert head.startswith(f'{name} infer at 64x96, batch 1, 1 thread(s)')
+    assert columns.split() == ['part', 's', 'share', 'GMac', 'GMac/s']
+    labels = [r.rsplit(None, 4)[0] for r in rows]
+    assert labels[-1] == 'other' and len(labels) > 3
+    total_gmac = float(head.split(', ')[-2].split()[0])
+    gmacs = [float(r.split()[-2]) for r in rows]
+    assert sum(gmacs) == pytest.approx(total_gmac, rel=1e-3) and min(gmacs[:-1]) > 0
+    shares = [float(r.split()[-3].rstrip('%')) for r in rows]
+    assert sum(shares) == pytest.approx(100, abs=0.1 * len(rows))
+    expected = {'sgformer-tiny': ['SelfGuidedAttention (stage 1)', 'ConvStem', 'Mlp (stage 3)'],
+                'swin-tiny-test': ['ShiftWindowMSA (stage 1)', 'FFN (stage 4)', 'PatchEmbed'],
+                'focal-tiny-test': ['FocalAttention (stage 2)', 'Mlp (stage 1)']}[name]
+    assert set(expected) <= set(labels), labels
+
+
+def test_benchmark_malloc_retain_reaches_the_workers(monkeypatch):
+    tool = _load_tool('benchmark')
+    specs = tool.cell_specs(tool.parse_args(['--modes', 'train', '--models', 'swin-t',
+                                             '--sizes', '64x64', '--malloc', 'retain']))
+    assert {s['malloc'] for s in specs} == {'retain'}
+    seen = []
+
+    def fake_run(cmd, env, **kw):
+        seen.append(env)
+        return subprocess.CompletedProcess(cmd, 0, tool.RESULT_TAG + '{"ok": 1}\n', '')
+    monkeypatch.setattr(tool.subprocess, 'run', fake_run)
+    assert tool.measure(specs[0], 10) == {'ok': 1}
+    assert seen[0]['MALLOC_MMAP_MAX_'] == '0' and int(seen[0]['MALLOC_TRIM_THRESHOLD_']) > 2 ** 32
+    tool.measure(dict(specs[0], malloc='system'), 10)
+    assert 'MALLOC_MMAP_MAX_' not in seen[1] or seen[1]['MALLOC_MMAP_MAX_'] == os.environ.get(
+        'MALLOC_MMAP_MAX_')
+    line = tool.describe_protocol([dict(specs[0], warmup=1, repeats=2)], 2)
+    assert 'malloc retain (MALLOC_MMAP_MAX_=0, MALLOC_TRIM_THRESHOLD_=' in line

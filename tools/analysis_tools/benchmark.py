@@ -33,6 +33,11 @@ and ``growth MiB`` is that peak minus the RSS at that moment (model weights and 
 Python/torch/mm* import baseline excluded; gradients and everything the steps allocate
 included). ``cpu`` is the process CPU time over wall time divided by the thread count during the
 timed steps; a row under 90% is flagged ``!`` (the machine was busy: its times are unreliable).
+``sys``: the share of that CPU time spent in the kernel, mostly supplying fresh zeroed pages: with
+glibc's default ``malloc`` every block over 32 MiB is mapped on allocation and unmapped on free,
+so each step faults its large activations in again. ``--malloc retain`` runs the rows with
+``MALLOC_MMAP_MAX_=0`` and a high ``MALLOC_TRIM_THRESHOLD_``: freed memory stays in the process
+and later steps reuse it, as a GPU's caching allocator does.
 ``GEMM share``: the row's GMac/s over the rate of one large float32 GEMM (``torch.mm`` of two
 2048x2048 matrices, same thread count) measured in its own fresh process in the same run, the
 machine's practical multiply-add rate: a model near 100% cannot get faster without doing fewer
@@ -50,10 +55,13 @@ Usage::
         --repeats 1 --warmup 0                              # smoke run
     python tools/analysis_tools/benchmark.py --profile sgformer-s --modes train \
         --sizes 800x1344 --batch 1                          # top ops of a fwd+bwd step
+    python tools/analysis_tools/benchmark.py --breakdown sgformer-s --sizes 800x1344 \
+        --threads 1                                         # inference time and GMac/s per part
 """
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -66,6 +74,9 @@ REFERENCE = 'swin-t'
 CPU_FLAG = 0.9  # rows whose cpu share is below this are flagged
 TRAIN_MAC_FACTOR = 3  # multiply-adds of forward + backward, in forwards
 GEMM_SIZE = 2048  # the reference GEMM: (GEMM_SIZE x GEMM_SIZE) @ (GEMM_SIZE x GEMM_SIZE)
+# --malloc: the environment of the worker processes (glibc malloc tunables)
+MALLOC_ENV = {'system': {},
+              'retain': {'MALLOC_MMAP_MAX_': '0', 'MALLOC_TRIM_THRESHOLD_': str(1 << 40)}}
 
 # name -> (family, arch) ; built by _build_backbone
 MODELS: Dict[str, Tuple[str, str]] = {
@@ -250,19 +261,22 @@ def run_worker(spec: dict) -> dict:
     model.train(mode == 'train')
     x = torch.randn(spec['batch'], 3, *hw)
     step = make_step(model, x, mode, spec.get('zero_grad', False))
-    times, utils = [], []
+    times, utils, sys_shares = [], [], []
     with PeakRSS() as mem:
         for _ in range(spec['warmup']):
             step()
         for _ in range(spec['repeats']):
-            c0, t0 = time.process_time(), time.perf_counter()
+            r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
             step()
-            t1, c1 = time.perf_counter(), time.process_time()
+            t1, r1 = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
+            user, kernel = r1.ru_utime - r0.ru_utime, r1.ru_stime - r0.ru_stime
             times.append(t1 - t0)
-            utils.append((c1 - c0) / max(t1 - t0, 1e-9) / spec['threads'])
+            utils.append((user + kernel) / max(t1 - t0, 1e-9) / spec['threads'])
+            sys_shares.append(kernel / max(user + kernel, 1e-9))
     stat = spec.get('stat', 'median')
     step_s = min(times) if stat == 'best' else statistics.median(times)
     res = dict(spec, step_s=step_s, times=times, cpu_util=statistics.median(utils),
+               sys_share=statistics.median(sys_shares),
                base_mib=mem.base_mib, peak_mib=mem.peak_mib, growth_mib=mem.growth_mib,
                peak_reset=mem.reset_ok, params_m=sum(p.numel() for p in model.parameters()) / 1e6)
     if spec.get('gmac', True):
@@ -294,8 +308,9 @@ def run_gemm_reference(spec: dict) -> dict:
 def measure(spec: dict, timeout: float) -> dict:
     """Run one cell in a fresh interpreter and parse its result line."""
     cmd = [sys.executable, os.path.abspath(__file__), '--worker', json.dumps(spec)]
+    env = dict(os.environ, **MALLOC_ENV[spec.get('malloc', 'system')])
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired:
         return dict(spec, error=f'timeout after {timeout:.0f} s')
     for line in proc.stdout.splitlines():
@@ -316,6 +331,10 @@ def row_name(r: dict) -> str:
 
 def _fmt(v: Optional[float], spec: str) -> str:
     return 'n/a' if v is None else format(v, spec)
+
+
+def _percent(v: Optional[float]) -> str:
+    return 'n/a' if v is None else f'{100 * v:.0f}%'
 
 
 def _share(gmac_per_s: Optional[float], gemm_rate: float) -> str:
@@ -339,7 +358,7 @@ def format_table(results: List[dict], reference: str = REFERENCE,
     short = 'Swin-T' if reference == 'swin-t' else reference
     head = (f"{'model':<18} {'mode':<5} {'input':>9} {'batch':>5} {'img/s':>8} {'s/step':>8} "
             f"{'time vs ' + short:>14} {'GMac':>9} {'GMac/s':>8} {'peak MiB':>9} "
-            f"{'growth MiB':>10} {'growth vs ' + short:>16} {'cpu':>5} {'params M':>9}"
+            f"{'growth MiB':>10} {'growth vs ' + short:>16} {'cpu':>5} {'sys':>4} {'params M':>9}"
             + (f" {'GEMM share':>10}" if gemm_rate else ''))
     lines = [head, '-' * len(head)]
     flagged = train_rows = 0
@@ -362,7 +381,8 @@ def format_table(results: List[dict], reference: str = REFERENCE,
                      f"{1 / per_img:>8.3g} {r['step_s']:>8.4g} {speed:>14} "
                      f"{_fmt(r.get('gmac_step'), '9.4g'):>9} "
                      f"{_fmt(r.get('gmac_per_s'), '8.4g'):>8} {r['peak_mib']:>9.0f} "
-                     f"{r['growth_mib']:>10.0f} {mem:>16} {cpu:>6} {r['params_m']:>9.2f}"
+                     f"{r['growth_mib']:>10.0f} {mem:>16} {cpu:>6} "
+                     f"{_percent(r.get('sys_share')):>4} {r['params_m']:>9.2f}"
                      + (f" {_share(r.get('gmac_per_s'), gemm_rate):>10}" if gemm_rate else ''))
     notes = [f'time / growth vs {short}: seconds per image / peak memory growth over those of '
              f'{reference} in the same mode and input in this run (> 1 = slower / more).',
@@ -395,8 +415,12 @@ def describe_protocol(results: Sequence[dict], threads: int) -> str:
             zg = ', zero_grad before each step' if any(r.get('zero_grad') for r in rows) else ''
             parts.append(f'train rows: train mode, drop path 0, loss = sum of mean squares of '
                          f'the outputs, backward{zg}, {how} steps')
-    return (f'CPU benchmark: torch.set_num_threads({threads}), one fresh process per row; '
-            + '; '.join(parts))
+    malloc = sorted({r.get('malloc', 'system') for r in results})
+    how = ('glibc malloc defaults' if malloc == ['system'] else
+           'malloc ' + '/'.join(malloc) + ' (' + ', '.join(
+               f'{k}={v}' for m in malloc for k, v in MALLOC_ENV[m].items()) + ')')
+    return (f'CPU benchmark: torch.set_num_threads({threads}), one fresh process per row, '
+            f'{how}; ' + '; '.join(parts))
 
 
 # --------------------------------------------------------------------------------------------
@@ -427,6 +451,86 @@ def profile(name: str, mode: str, size_name: str, batch: Optional[int], repeats:
 
 
 # --------------------------------------------------------------------------------------------
+# breakdown
+
+# the parts a breakdown times, per family: the attention modules, FFNs and embeddings of the blocks
+BREAKDOWN_PARTS = {
+    'sgformer': ('HybridScaleAttention', 'SelfGuidedAttention', 'StandardAttention', 'Mlp',
+                 'ConvStem', 'ConvDownsample'),
+    'swin': ('ShiftWindowMSA', 'FFN', 'PatchMerging', 'PatchEmbed'),
+    'focal': ('FocalAttention', 'Mlp', 'FocalPatchEmbed'),
+}
+
+
+def breakdown(name: str, size_name: str, batch: Optional[int], repeats: int,
+              threads: int) -> str:
+    """Inference time and multiply-adds per part of ``name`` (eval, no grad).
+
+    The modules of :data:`BREAKDOWN_PARTS` (outermost ones only) are timed with forward hooks
+    over ``repeats`` forwards after one untimed forward and grouped by class and stage; their
+    multiply-adds come from :mod:`mmsgformer.analysis.flops` (``by_module``). ``other`` is the
+    forward's time outside those parts (norms, residual adds, reshapes).
+    """
+    import re
+
+    import torch
+
+    import mmsgformer  # noqa: F401
+    from mmsgformer.analysis.flops import make_flop_analyzer
+    torch.set_num_threads(threads)
+    hw, dense = parse_size(size_name)
+    model = build_model(name, dense, hw)
+    x = torch.randn(batch or default_batch('infer', size_name), 3, *hw)
+    classes = BREAKDOWN_PARTS[MODELS[name][0]]
+    parts: Dict[str, str] = {}
+    for mod_name, mod in model.named_modules():
+        inside = any(mod_name.startswith(p + '.') for p in parts)
+        if type(mod).__name__ in classes and not inside:
+            stage = re.search(r'(?:block|stages\.|layers\.)(\d)', mod_name)
+            label = type(mod).__name__
+            if stage:
+                label += f' (stage {int(stage.group(1)) + (0 if "block" in stage.group(0) else 1)})'
+            parts[mod_name] = label
+    with torch.no_grad():
+        by_module = make_flop_analyzer(model, x).by_module()
+    macs: Dict[str, float] = {}
+    for mod_name, label in parts.items():
+        macs[label] = macs.get(label, 0) + by_module.get(mod_name, 0)
+    spent: Dict[str, float] = dict.fromkeys(macs, 0.)
+    started: Dict[str, float] = {}
+    modules = dict(model.named_modules())
+    handles = []
+    for mod_name, label in parts.items():
+        def pre(_m, _i, mod_name=mod_name):
+            started[mod_name] = time.perf_counter()
+
+        def post(_m, _i, _o, mod_name=mod_name, label=label):
+            spent[label] += time.perf_counter() - started[mod_name]
+        handles += [modules[mod_name].register_forward_pre_hook(pre),
+                    modules[mod_name].register_forward_hook(post)]
+    with torch.no_grad():
+        model(x)
+        spent = dict.fromkeys(spent, 0.)
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            model(x)
+        total = (time.perf_counter() - t0) / repeats
+    for h in handles:
+        h.remove()
+    total_macs = by_module.get('', sum(macs.values()))
+    lines = [f'{name} infer at {size_name}, batch {x.shape[0]}, {threads} thread(s), mean of '
+             f'{repeats} forward(s): {total:.3f} s, {total_macs / 1e9:.4g} GMac, '
+             f'{total_macs / 1e9 / total:.1f} GMac/s',
+             f"{'part':<34} {'s':>8} {'share':>6} {'GMac':>8} {'GMac/s':>7}"]
+    rows = sorted(((s / repeats, label) for label, s in spent.items()), reverse=True)
+    for sec, label in rows + [(total - sum(s for s, _ in rows), 'other')]:
+        gmac = macs.get(label, total_macs - sum(macs.values())) / 1e9
+        rate = f'{gmac / sec:7.1f}' if sec > 0 else '    n/a'
+        lines.append(f'{label:<34} {sec:8.3f} {100 * sec / total:5.1f}% {gmac:8.4g} {rate}')
+    return '\n'.join(lines)
+
+
+# --------------------------------------------------------------------------------------------
 # command line
 
 
@@ -453,18 +557,24 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                    help='skip counting the multiply-adds (one traced forward per cell)')
     p.add_argument('--reference', default=REFERENCE, choices=sorted(MODELS),
                    help='the model the ratio columns compare with (default %(default)s)')
+    p.add_argument('--malloc', choices=sorted(MALLOC_ENV), default='system',
+                   help='system: glibc defaults (large blocks go back to the kernel on free); '
+                        'retain: freed memory stays in the process (like a caching allocator)')
     p.add_argument('--threads', type=int, default=THREADS)
     p.add_argument('--timeout', type=float, default=1800., help='seconds per cell')
     p.add_argument('--json', help='also write all results to this JSON file')
     p.add_argument('--profile', metavar='MODEL', help='print the top ops of MODEL and exit')
     p.add_argument('--profile-rows', type=int, default=25)
+    p.add_argument('--breakdown', metavar='MODEL',
+                   help='print the inference time and GMac/s of each part of MODEL and exit')
     p.add_argument('--worker', help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     for name in args.models or []:
         if name not in MODELS:
             p.error(f'--models: {name!r} is not one of {sorted(MODELS)}')
-    if args.profile and args.profile not in MODELS:
-        p.error(f'--profile: {args.profile!r} is not one of {sorted(MODELS)}')
+    for opt in ('profile', 'breakdown'):
+        if getattr(args, opt) and getattr(args, opt) not in MODELS:
+            p.error(f'--{opt}: {getattr(args, opt)!r} is not one of {sorted(MODELS)}')
     if (args.repeats is not None and args.repeats < 1) or (args.warmup or 0) < 0:
         p.error(f'--repeats={args.repeats} must be >= 1 and --warmup={args.warmup} >= 0')
     for token in args.sizes or []:
@@ -500,7 +610,7 @@ def cell_specs(args: argparse.Namespace) -> List[dict]:
                         warmup=warmup if args.warmup is None else args.warmup,
                         repeats=repeats if args.repeats is None else args.repeats,
                         stat=args.stat or stat, zero_grad=args.zero_grad and mode == 'train',
-                        gmac=not args.no_gmac, threads=args.threads))
+                        gmac=not args.no_gmac, threads=args.threads, malloc=args.malloc))
     return specs
 
 
@@ -517,6 +627,11 @@ def main(argv: Optional[Sequence[str]] = None, emit: Callable[[str], None] = pri
                 emit(profile(args.profile, mode, size_name, args.batch, args.repeats or 1,
                              args.threads, args.profile_rows, args.with_cp))
         return 0
+    if args.breakdown:
+        for size_name in args.sizes or DEFAULT_SIZES['infer']:
+            emit(breakdown(args.breakdown, size_name, args.batch, args.repeats or 3,
+                           args.threads))
+        return 0
     results = []
     for spec in cell_specs(args):
         t0 = time.perf_counter()
@@ -527,7 +642,8 @@ def main(argv: Optional[Sequence[str]] = None, emit: Callable[[str], None] = pri
         results.append(res)
     gemm = None
     if not args.no_gmac:  # the machine's GEMM rate, after the rows (same conditions)
-        gemm = measure(dict(kind='gemm', threads=args.threads), args.timeout)
+        gemm = measure(dict(kind='gemm', threads=args.threads, malloc=args.malloc),
+                       args.timeout)
     gemm_rate = None if gemm is None or 'error' in gemm else gemm['gemm_gmac_per_s']
     emit(describe_protocol(results, args.threads))
     emit(format_table(results, args.reference, gemm_rate))
