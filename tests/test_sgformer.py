@@ -347,6 +347,22 @@ def test_fast_path_recompute_functions_gradcheck():
     x, gw, gb, cw = rand(1, 4, 3, 4), rand(4), rand(4), rand(4, 1, 3, 3)
     assert torch.autograd.gradcheck(
         lambda x, gw, gb, cw: _NormActConv.apply(x, gw, gb, 1e-5, cw, 2, 1, 4), (x, gw, gb, cw))
+    # batches of 2, a channels-last input, and only some inputs needing a gradient (the stem's
+    # image; frozen parameters): the written-out backward skips the rest
+    z2 = rand(2, 6, 4)
+    assert torch.autograd.gradcheck(
+        lambda z: _FFNTail.apply(z, 3, 2, dww.detach(), dwb.detach(), w2.detach(), b2.detach()),
+        (z2, ))
+    assert torch.autograd.gradcheck(lambda *a: _FFNTail.apply(z2.detach(), 3, 2, *a),
+                                    (dww, dwb, w2, b2))
+    image = torch.randn(2, 4, 5, 6, dtype=torch.float64, generator=gen).to(
+        memory_format=torch.channels_last)
+    assert torch.autograd.gradcheck(
+        lambda gw, gb, cw: _NormActConv.apply(image, gw, gb, 1e-5, cw, 1, 1, 1),
+        (gw, gb, rand(3, 4, 3, 3)))
+    assert torch.autograd.gradcheck(
+        lambda x: _NormActConv.apply(x, gw.detach(), gb.detach(), 1e-5, cw.detach(), 2, 1, 4),
+        (image.clone().requires_grad_(True), ))
 
 
 def _backward_node_names(outs) -> set:
