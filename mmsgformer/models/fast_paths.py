@@ -233,8 +233,7 @@ class _FFNTail(torch.autograd.Function):
         C4 = z.shape[-1]
         with torch.no_grad(), _no_autocast(z):
             grad_out = grad_out.to(z.dtype).reshape(-1, fc2_weight.shape[0])
-            z_map = tokens_to_map(z, H, W)
-            u = map_to_tokens(F.conv2d(z_map, dw_weight, dw_bias, 1, 1, 1, C4)).add_(z)
+            u = _ffn_gelu_input(z, H, W, dw_weight, dw_bias)  # no grad: in the conv's output
             grad_w2 = grad_b2 = None
             if need_w2:
                 grad_w2 = grad_out.t() @ F.gelu(u).reshape(-1, C4)
@@ -246,8 +245,8 @@ class _FFNTail(torch.autograd.Function):
             torch.ops.aten.gelu_backward.grad_input(grad_u, u, grad_input=grad_u)
             del u
             grad_in, grad_dww, grad_dwb = torch.ops.aten.convolution_backward(
-                tokens_to_map(grad_u, H, W), z_map, dw_weight, [C4], [1, 1], [1, 1], [1, 1],
-                False, [0, 0], C4, [need_z, need_dww, need_dwb])
+                tokens_to_map(grad_u, H, W), tokens_to_map(z, H, W), dw_weight, [C4],
+                [1, 1], [1, 1], [1, 1], False, [0, 0], C4, [need_z, need_dww, need_dwb])
             grad_z = map_to_tokens(grad_in).add_(grad_u) if need_z else None
         return (grad_z, None, None, grad_dww if need_dww else None,
                 grad_dwb if need_dwb else None, grad_w2, grad_b2)
@@ -255,10 +254,17 @@ class _FFNTail(torch.autograd.Function):
 
 def _ffn_hidden(z: torch.Tensor, H: int, W: int, dw_weight: torch.Tensor,
                 dw_bias: torch.Tensor) -> torch.Tensor:
-    """``GELU(z + dwconv(z))`` for ``z (B, H*W, C4)`` (channels-last depthwise 3x3 conv); in
-    place into the conv output when autograd is off (the forward of :class:`_FFNTail`)."""
+    """``GELU(z + dwconv(z))`` for ``z (B, H*W, C4)``; in place into the conv output when
+    autograd is off (the forward of :class:`_FFNTail`)."""
+    return _gelu(_ffn_gelu_input(z, H, W, dw_weight, dw_bias))
+
+
+def _ffn_gelu_input(z: torch.Tensor, H: int, W: int, dw_weight: torch.Tensor,
+                    dw_bias: torch.Tensor) -> torch.Tensor:
+    """``z + dwconv(z)`` for ``z (B, H*W, C4)`` (channels-last depthwise 3x3 conv), added in
+    place into the conv output when autograd is off."""
     conv = F.conv2d(tokens_to_map(z, H, W), dw_weight, dw_bias, 1, 1, 1, z.shape[-1])
-    return _gelu(add_fresh(map_to_tokens(conv), z))
+    return add_fresh(map_to_tokens(conv), z)
 
 
 def _gelu(x: torch.Tensor) -> torch.Tensor:
