@@ -337,10 +337,6 @@ def _percent(v: Optional[float]) -> str:
     return 'n/a' if v is None else f'{100 * v:.0f}%'
 
 
-def _share(gmac_per_s: Optional[float], gemm_rate: float) -> str:
-    return 'n/a' if gmac_per_s is None else f'{100 * gmac_per_s / gemm_rate:.0f}%'
-
-
 def format_table(results: List[dict], reference: str = REFERENCE,
                  gemm_rate: Optional[float] = None) -> str:
     """One table of inference and training rows, with footnotes.
@@ -375,6 +371,8 @@ def format_table(results: List[dict], reference: str = REFERENCE,
         mem = (f"{r['growth_mib'] / rr['growth_mib']:.2f}x"
                if rr and rr['growth_mib'] > 0 else 'n/a')
         low = r['cpu_util'] < CPU_FLAG
+        rate = r.get('gmac_per_s')
+        gemm_share = None if rate is None or not gemm_rate else rate / gemm_rate
         flagged += low
         cpu = f"{100 * r['cpu_util']:.0f}%" + ('!' if low else ' ')
         lines.append(f"{row_name(r):<18} {mode:<5} {r['size_name']:>9} {r['batch']:>5} "
@@ -383,7 +381,7 @@ def format_table(results: List[dict], reference: str = REFERENCE,
                      f"{_fmt(r.get('gmac_per_s'), '8.4g'):>8} {r['peak_mib']:>9.0f} "
                      f"{r['growth_mib']:>10.0f} {mem:>16} {cpu:>6} "
                      f"{_percent(r.get('sys_share')):>4} {r['params_m']:>9.2f}"
-                     + (f" {_share(r.get('gmac_per_s'), gemm_rate):>10}" if gemm_rate else ''))
+                     + (f" {_percent(gemm_share):>10}" if gemm_rate else ''))
     notes = [f'time / growth vs {short}: seconds per image / peak memory growth over those of '
              f'{reference} in the same mode and input in this run (> 1 = slower / more).',
              f'GMac: multiply-adds of one step (mmsgformer.analysis.flops on the cell\'s model '
