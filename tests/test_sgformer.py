@@ -365,6 +365,85 @@ def test_fast_path_recompute_functions_gradcheck():
         (image.clone().requires_grad_(True), ))
 
 
+def test_ffn_bands_cover_every_row_once(monkeypatch):
+    """Small maps run as one piece; large ones per image in bands of equal height (at least one
+    row) that cover every row of every image once."""
+    from mmsgformer.models.fast_paths import ffn_bands
+    from mmsgformer.models import fast_paths
+    assert ffn_bands(8, 28, 28, 512) == [(slice(0, 8), 0, 28)]  # stage 2 at 224: as before
+    assert ffn_bands(8, 56, 56, 256) == [(slice(i, i + 1), 0, 56) for i in range(8)]
+    pieces = ffn_bands(2, 200, 336, 256)  # stage 1 at 800x1344
+    assert {(p[0].start, p[0].stop) for p in pieces} == {(0, 1), (1, 2)}
+    for image in (0, 1):
+        bands = [(r0, r1) for i, r0, r1 in pieces if i.start == image]
+        assert bands[0][0] == 0 and bands[-1][1] == 200
+        assert all(a[1] == b[0] for a, b in zip(bands, bands[1:]))
+        heights = {r1 - r0 for r0, r1 in bands}
+        assert max(heights) - min(heights) <= max(heights) // 2 and len(bands) > 1
+        assert max(heights) * 336 * 256 <= 2 * fast_paths._BAND_ELEMS
+    monkeypatch.setattr(fast_paths, '_MLP_SPLIT_ELEMS', 1)
+    monkeypatch.setattr(fast_paths, '_BAND_ELEMS', 1)  # narrower than a row: one row a band
+    assert ffn_bands(1, 3, 4, 8) == [(slice(0, 1), 0, 1), (slice(0, 1), 1, 2),
+                                     (slice(0, 1), 2, 3)]
+
+
+@pytest.mark.parametrize('batch,H,W,rows', [(1, 7, 5, 2), (3, 9, 4, 1), (2, 6, 3, 6)])
+def test_ffn_in_bands_equals_plain_path(monkeypatch, batch, H, W, rows):
+    """The FFN tail in bands of rows: float32 inference bitwise the plain path's; float64 training
+    outputs and every gradient equal to the plain path's (the bands' input gradients overlap
+    at their edges and are summed)."""
+    from mmsgformer.models import fast_paths
+    from mmsgformer.models.blocks import Mlp
+    torch.manual_seed(0)
+    C = 4
+    monkeypatch.setattr(fast_paths, '_MLP_SPLIT_ELEMS', 1)
+    monkeypatch.setattr(fast_paths, '_BAND_ELEMS', rows * W * 4 * C)
+    assert len(fast_paths.ffn_bands(batch, H, W, 4 * C)) == batch * -(-H // rows)
+    mlp = Mlp(C, 4 * C)
+    x = torch.randn(batch, H * W, C)
+    with torch.no_grad():
+        fast = mlp(x, H, W)
+        mlp.fast_path = False
+        plain = mlp(x, H, W)
+    assert torch.equal(fast, plain)
+    mlp.double()
+    x = x.double()
+    weights = torch.linspace(-1, 1, x.numel(), dtype=torch.float64).view_as(x)
+    results = []
+    for fast_path in (False, True):
+        mlp.fast_path = fast_path
+        mlp.zero_grad()
+        xi = x.clone().requires_grad_(True)
+        out = mlp(xi, H, W)
+        (out * weights).sum().backward()
+        results.append([out.detach(), xi.grad] + [p.grad.clone() for p in mlp.parameters()])
+    for a, b in zip(*results):
+        assert (a - b).abs().max().item() < 1e-12 * (1 + a.abs().max().item())
+
+
+def test_ffn_tail_in_bands_gradcheck(monkeypatch):
+    """float64 gradcheck of the FFN tail in bands of two rows (edge and inner bands, a short
+    last one, two images), also with only z or only the parameters needing a gradient."""
+    from mmsgformer.models import fast_paths
+    from mmsgformer.models.fast_paths import _FFNTail
+    monkeypatch.setattr(fast_paths, '_MLP_SPLIT_ELEMS', 1)
+    monkeypatch.setattr(fast_paths, '_BAND_ELEMS', 2 * 3 * 4)
+    assert [p[1:] for p in fast_paths.ffn_bands(2, 5, 3, 4)] == [(0, 2), (2, 4), (4, 5)] * 2
+    gen = torch.Generator().manual_seed(0)
+
+    def rand(*shape):
+        return torch.randn(*shape, dtype=torch.float64, generator=gen).requires_grad_(True)
+
+    z, dww, dwb, w2, b2 = rand(2, 15, 4), rand(4, 1, 3, 3), rand(4), rand(3, 4), rand(3)
+    assert torch.autograd.gradcheck(lambda *a: _FFNTail.apply(a[0], 5, 3, *a[1:]),
+                                    (z, dww, dwb, w2, b2))
+    assert torch.autograd.gradcheck(
+        lambda z: _FFNTail.apply(z, 5, 3, dww.detach(), dwb.detach(), w2.detach(), b2.detach()),
+        (z, ))
+    assert torch.autograd.gradcheck(lambda *a: _FFNTail.apply(z.detach(), 5, 3, *a),
+                                    (dww, dwb, w2, b2))
+
+
 def _backward_node_names(outs) -> set:
     """Names of every autograd node reachable from ``outs``."""
     names, seen = set(), set()

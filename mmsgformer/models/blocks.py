@@ -142,10 +142,10 @@ class Mlp(nn.Module):
 
     def _forward(self, x: torch.Tensor, H: int, W: int) -> torch.Tensor:
         z = self.fc1(x)
-        fast = fast_paths.ffn_tail(self, z, H, W)  # training: stores z only
+        fast = fast_paths.ffn_tail(self, z, H, W)  # stores z only; large maps in bands of rows
         if fast is not None:
             return fast
-        # in place on the conv output (autograd-safe: conv does not need its output)
+        # plain path; in place on the conv output (autograd-safe: conv does not need its output)
         u = self.dwconv(z, H, W).add_(z)
         if torch.is_grad_enabled() and u.requires_grad:
             h = self.act(u)

@@ -15,7 +15,9 @@ Training (autograd on):
 * :func:`ffn_tail` (``fc2(GELU(z + dwconv(z)))``) and :func:`norm_act_conv`
   (``conv(GELU(GroupNorm(x)))`` of the stem and the downsampling) save only their input and
   recompute the cheap element-wise / depthwise part in backward: the GELU input, the GELU output
-  and the normalized map are never stored (design §4, "Memory");
+  and the normalized map are never stored (design §4, "Memory"). On large maps the FFN tail
+  runs per image in bands of rows (:func:`ffn_bands`), forward and backward, so its
+  ``(rows*W, 4C)`` temporaries stay in cache (design §4, "FFN in bands of rows");
 * :func:`stem_memory_format`: the stem's convs run channels-last.
 
 Inference (autograd off):
@@ -24,10 +26,11 @@ Inference (autograd off):
   unchanged);
 * the coarse branch in query chunks on large inputs (:func:`attention_and_key_mass`);
 * :func:`image_chunks`: the stem and the large FFNs a few images at a time, so the per-chunk
-  temporaries stay in cache.
+  temporaries stay in cache; the FFN tail in the same bands of rows as in training.
 
 Under ``torch.compile`` the recomputing autograd functions give way to the plain path (the
-compiler plans its own recomputation); the attention fast path stays.
+compiler plans its own recomputation), and so does the banded FFN under any tracing or export;
+the attention fast path stays.
 """
 from typing import List, Optional, Sequence, Tuple
 
@@ -35,7 +38,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .common import add_fresh, map_to_tokens, tokens_to_map
+from .common import add_fresh, is_symbolic, map_to_tokens, tokens_to_map
 
 
 def is_compiling() -> bool:
@@ -207,64 +210,56 @@ def _reduced(dtype: torch.dtype) -> bool:
     return dtype in (torch.float16, torch.bfloat16)
 
 
-class _FFNTail(torch.autograd.Function):
-    """``fc2(GELU(z + dwconv(z)))`` saving ``z`` only; backward recomputes the GELU input and
-    output (a depthwise conv and an element-wise op) instead of storing two ``(B, N, 4C)``
-    tensors. All tensors in ``z``'s dtype; returns ``(B*N, C)``."""
-
-    @staticmethod
-    def forward(ctx, z, H, W, dw_weight, dw_bias, fc2_weight, fc2_bias):
-        with torch.no_grad(), _no_autocast(z):
-            h = _ffn_hidden(z, H, W, dw_weight, dw_bias)
-            out = F.linear(h.reshape(-1, h.shape[-1]), fc2_weight, fc2_bias)
-        ctx.save_for_backward(z, dw_weight, dw_bias, fc2_weight)
-        ctx.hw = (H, W)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        # Written out instead of autograd over a recomputed graph: each (B, N, 4C) temporary is
-        # reused in place where the next step allows it (the GELU input is built in the conv's
-        # output, its gradient in grad_h), and freed as soon as it is spent. On the CPU every
-        # fresh large buffer costs page faults, so fewer of them is time as well as memory.
-        z, dw_weight, dw_bias, fc2_weight = ctx.saved_tensors
-        need_z, _, _, need_dww, need_dwb, need_w2, need_b2 = ctx.needs_input_grad
-        H, W = ctx.hw
-        C4 = z.shape[-1]
-        with torch.no_grad(), _no_autocast(z):
-            grad_out = grad_out.to(z.dtype).reshape(-1, fc2_weight.shape[0])
-            u = _ffn_gelu_input(z, H, W, dw_weight, dw_bias)  # no grad: in the conv's output
-            grad_w2 = grad_b2 = None
-            if need_w2:
-                grad_w2 = grad_out.t() @ F.gelu(u).reshape(-1, C4)
-            if need_b2:
-                grad_b2 = grad_out.sum(0)
-            if not (need_z or need_dww or need_dwb):
-                return None, None, None, None, None, grad_w2, grad_b2
-            grad_u = (grad_out @ fc2_weight).view_as(u)
-            torch.ops.aten.gelu_backward.grad_input(grad_u, u, grad_input=grad_u)
-            del u
-            grad_in, grad_dww, grad_dwb = torch.ops.aten.convolution_backward(
-                tokens_to_map(grad_u, H, W), tokens_to_map(z, H, W), dw_weight, [C4],
-                [1, 1], [1, 1], [1, 1], False, [0, 0], C4, [need_z, need_dww, need_dwb])
-            grad_z = map_to_tokens(grad_in).add_(grad_u) if need_z else None
-        return (grad_z, None, None, grad_dww if need_dww else None,
-                grad_dwb if need_dwb else None, grad_w2, grad_b2)
+# The FFN tail runs one image at a time, in bands of rows, once an image has _MLP_SPLIT_ELEMS
+# hidden values: each band's (rows*W, 4C) temporaries stay in cache and are reused by the
+# allocator, where whole-batch ones would be fresh pages (faulted in on every use) and a trip
+# to memory. Smaller maps (224 classification) run as one piece, as before.
+_BAND_ELEMS = 1 << 20  # hidden values per band (4 MiB in float32)
 
 
-def _ffn_hidden(z: torch.Tensor, H: int, W: int, dw_weight: torch.Tensor,
+def ffn_bands(batch: int, H: int, W: int, hidden: int) -> List[Tuple[slice, int, int]]:
+    """How the FFN tail splits its work: pieces ``(images, r0, r1)``, each computing output rows
+    ``[r0, r1)`` of ``images``. One piece for the whole batch when an image has fewer than
+    ``_MLP_SPLIT_ELEMS`` hidden values; else every image in bands of equal height holding about
+    ``_BAND_ELEMS`` hidden values (at least one row)."""
+    if H * W * hidden < _MLP_SPLIT_ELEMS:
+        return [(slice(0, batch), 0, H)]
+    bands = -(-H // max(1, _BAND_ELEMS // (W * hidden)))
+    rows = -(-H // bands)
+    return [(slice(i, i + 1), r, min(r + rows, H))
+            for i in range(batch) for r in range(0, H, rows)]
+
+
+def _band_input(zmap: torch.Tensor, r0: int, r1: int) -> Tuple[torch.Tensor, int, int]:
+    """What the 3x3 conv reads for output rows ``[r0, r1)`` of ``zmap (b, C4, H, W)``.
+
+    Returns ``(x, pad, top)``: ``conv2d(x, padding=(pad, 1))`` gives exactly those rows, and row
+    0 of ``x`` is row ``top`` of ``zmap`` (``-1``: the zero row above the image). The whole map
+    and inner bands are views; a band at the top or bottom edge is a copy with one zero row.
+    """
+    H = zmap.shape[2]
+    if r0 == 0 and r1 == H:
+        return zmap, 1, 0
+    top = r0 - 1
+    if r0 > 0 and r1 < H:
+        return zmap[:, :, top:r1 + 1], 0, top
+    a, b = max(top, 0), min(r1 + 1, H)
+    x = torch.empty((zmap.shape[0], zmap.shape[1], r1 - r0 + 2, zmap.shape[3]), dtype=zmap.dtype,
+                    device=zmap.device, memory_format=torch.channels_last)
+    x[:, :, a - top:b - top] = zmap[:, :, a:b]
+    if a > top:
+        x[:, :, 0].zero_()
+    if b < r1 + 1:
+        x[:, :, -1].zero_()
+    return x, 0, top
+
+
+def _gelu_input(x: torch.Tensor, pad: int, z_rows: torch.Tensor, dw_weight: torch.Tensor,
                 dw_bias: torch.Tensor) -> torch.Tensor:
-    """``GELU(z + dwconv(z))`` for ``z (B, H*W, C4)``; in place into the conv output when
-    autograd is off (the forward of :class:`_FFNTail`)."""
-    return _gelu(_ffn_gelu_input(z, H, W, dw_weight, dw_bias))
-
-
-def _ffn_gelu_input(z: torch.Tensor, H: int, W: int, dw_weight: torch.Tensor,
-                    dw_bias: torch.Tensor) -> torch.Tensor:
-    """``z + dwconv(z)`` for ``z (B, H*W, C4)`` (channels-last depthwise 3x3 conv), added in
-    place into the conv output when autograd is off."""
-    conv = F.conv2d(tokens_to_map(z, H, W), dw_weight, dw_bias, 1, 1, 1, z.shape[-1])
-    return add_fresh(map_to_tokens(conv), z)
+    """``z + dwconv(z)`` of one piece: ``x, pad`` from :func:`_band_input`, ``z_rows (b, n, C4)``
+    the piece's own tokens. Added in place into the conv output when autograd is off."""
+    conv = F.conv2d(x, dw_weight, dw_bias, 1, (pad, 1), 1, z_rows.shape[-1])
+    return add_fresh(map_to_tokens(conv), z_rows)
 
 
 def _gelu(x: torch.Tensor) -> torch.Tensor:
@@ -272,19 +267,105 @@ def _gelu(x: torch.Tensor) -> torch.Tensor:
     return F.gelu(x) if torch.is_grad_enabled() else torch.ops.aten.gelu_(x)
 
 
-def ffn_tail(mlp: nn.Module, z: torch.Tensor, H: int, W: int) -> Optional[torch.Tensor]:
-    """Fast ``mlp.fc2(GELU(z + mlp.dwconv(z)))`` for training, or ``None`` when the plain path
-    applies (inference, no gradient, ``torch.compile``).
+def _ffn_tail_forward(z: torch.Tensor, H: int, W: int, dw_weight: torch.Tensor,
+                      dw_bias: torch.Tensor, fc2_weight: torch.Tensor,
+                      fc2_bias: torch.Tensor) -> torch.Tensor:
+    """``fc2(GELU(z + dwconv(z)))`` without autograd, piece by piece (:func:`ffn_bands`):
+    ``z (B, H*W, C4) -> (B, H*W, C)``, all in ``z``'s dtype."""
+    B, N, C4 = z.shape
+    C = fc2_weight.shape[0]
+    with torch.no_grad():
+        zmap = tokens_to_map(z, H, W)
+        out = z.new_empty(B, N, C)
+        for images, r0, r1 in ffn_bands(B, H, W, C4):
+            x, pad, _ = _band_input(zmap[images], r0, r1)
+            h = _gelu(_gelu_input(x, pad, z[images, r0 * W:r1 * W], dw_weight, dw_bias))
+            torch.addmm(fc2_bias, h.reshape(-1, C4), fc2_weight.t(),
+                        out=out[images, r0 * W:r1 * W].view(-1, C))
+    return out
 
-    Under autocast ``z`` (the ``fc1`` output) has the autocast dtype and the weights are cast
-    to it, as autocast would cast them for the conv and the GEMM.
+
+class _FFNTail(torch.autograd.Function):
+    """``fc2(GELU(z + dwconv(z)))`` saving ``z`` only; backward recomputes the GELU input and
+    output (a depthwise conv and an element-wise op) instead of storing two ``(B, N, 4C)``
+    tensors. Forward and backward go piece by piece (:func:`ffn_bands`). All tensors in
+    ``z``'s dtype; ``(B, N, C4) -> (B, N, C)``."""
+
+    @staticmethod
+    def forward(ctx, z, H, W, dw_weight, dw_bias, fc2_weight, fc2_bias):
+        with _no_autocast(z):
+            out = _ffn_tail_forward(z, H, W, dw_weight, dw_bias, fc2_weight, fc2_bias)
+        ctx.save_for_backward(z, dw_weight, dw_bias, fc2_weight)
+        ctx.hw = (H, W)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        # Written out instead of autograd over a recomputed graph, one piece at a time: the
+        # piece's GELU input is rebuilt in its conv output and its gradient computed in place;
+        # only grad_z is a whole (B, N, 4C) tensor. A band's conv input includes the rows above
+        # and below it, so its input gradient is added into grad_z over those rows too.
+        z, dw_weight, dw_bias, fc2_weight = ctx.saved_tensors
+        need_z, _, _, need_dww, need_dwb, need_w2, need_b2 = ctx.needs_input_grad
+        H, W = ctx.hw
+        B, N, C4 = z.shape
+        C = fc2_weight.shape[0]
+        need_conv = need_z or need_dww or need_dwb
+        pieces = ffn_bands(B, H, W, C4)
+        whole = len(pieces) == 1
+        with torch.no_grad(), _no_autocast(z):
+            grad_out = grad_out.to(z.dtype).reshape(B, N, C)
+            grad_w2 = z.new_zeros(C, C4) if need_w2 else None
+            grad_b2 = grad_out.sum((0, 1)) if need_b2 else None
+            grad_dww = torch.zeros_like(dw_weight) if need_dww else None
+            grad_dwb = torch.zeros_like(dw_bias) if need_dwb else None
+            grad_z = None if whole or not need_z else torch.zeros_like(z)
+            zmap = tokens_to_map(z, H, W)
+            for images, r0, r1 in pieces:
+                rows = slice(r0 * W, r1 * W)
+                x, pad, top = _band_input(zmap[images], r0, r1)
+                u = _gelu_input(x, pad, z[images, rows], dw_weight, dw_bias)
+                g = grad_out[images, rows].reshape(-1, C)
+                if need_w2:
+                    grad_w2.addmm_(g.t(), F.gelu(u).reshape(-1, C4))
+                if not need_conv:
+                    continue
+                grad_u = (g @ fc2_weight).view_as(u)
+                torch.ops.aten.gelu_backward.grad_input(grad_u, u, grad_input=grad_u)
+                del u
+                grad_x, gdw, gdb = torch.ops.aten.convolution_backward(
+                    tokens_to_map(grad_u, r1 - r0, W), x, dw_weight, [C4], [1, 1], [pad, 1],
+                    [1, 1], False, [0, 0], C4, [need_z, need_dww, need_dwb])
+                if need_dww:
+                    grad_dww += gdw
+                if need_dwb:
+                    grad_dwb += gdb
+                if need_z and whole:
+                    grad_z = map_to_tokens(grad_x).add_(grad_u)
+                elif need_z:
+                    grad_z[images, rows] += grad_u
+                    a, b = max(top, 0), min(top + x.shape[2], H)
+                    tokens_to_map(grad_z, H, W)[images, :, a:b] += grad_x[:, :, a - top:b - top]
+        return grad_z, None, None, grad_dww, grad_dwb, grad_w2, grad_b2
+
+
+def ffn_tail(mlp: nn.Module, z: torch.Tensor, H: int, W: int) -> Optional[torch.Tensor]:
+    """Fast ``mlp.fc2(GELU(z + mlp.dwconv(z)))``, ``z (B, H*W, C4)`` the ``fc1`` output ->
+    ``(B, H*W, C)``; ``None`` when the plain path applies (``fast_path`` off, ``torch.compile``,
+    tracing, export, symbolic sizes).
+
+    With a gradient: :class:`_FFNTail` (stores ``z`` only). Without: the same pieces, no
+    autograd. Under autocast ``z`` has the autocast dtype and the weights are cast to it, as
+    autocast would cast them for the conv and the GEMM.
     """
-    if not _recompute_allowed(mlp, z, mlp.fc2.weight):
+    if not use_fast_path(mlp) or is_tracing() or is_symbolic(H, W):
         return None
     conv, fc2 = mlp.dwconv.dwconv, mlp.fc2
     params = [p.to(z.dtype) for p in (conv.weight, conv.bias, fc2.weight, fc2.bias)]
-    out = _FFNTail.apply(z, H, W, *params)
-    return out.view(*z.shape[:-1], fc2.out_features)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in [z] + params):
+        return _FFNTail.apply(z, H, W, *params)
+    with _no_autocast(z):
+        return _ffn_tail_forward(z, H, W, *params)
 
 
 # ---------------------------------------------------------------------------------- convs
@@ -380,5 +461,5 @@ def image_chunks(module: nn.Module, x: torch.Tensor,
     return list(x.split(_IMAGES_PER_CHUNK))
 
 
-__all__ = ['use_fast_path', 'project', 'attention_and_key_mass', 'ffn_tail', 'norm_act_conv',
-           'stem_memory_format', 'image_chunks']
+__all__ = ['use_fast_path', 'project', 'attention_and_key_mass', 'ffn_bands', 'ffn_tail',
+           'norm_act_conv', 'stem_memory_format', 'image_chunks']
