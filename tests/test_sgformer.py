@@ -389,9 +389,10 @@ def test_ffn_bands_cover_every_row_once(monkeypatch):
 
 @pytest.mark.parametrize('batch,H,W,rows', [(1, 7, 5, 2), (3, 9, 4, 1), (2, 6, 3, 6)])
 def test_ffn_in_bands_equals_plain_path(monkeypatch, batch, H, W, rows):
-    """The FFN tail in bands of rows: float32 inference bitwise the plain path's; float64 training
-    outputs and every gradient equal to the plain path's (the bands' input gradients overlap
-    at their edges and are summed)."""
+    """The FFN in bands of rows: float32 and bf16-autocast inference (fc1 in bands too, its rows
+    above a band taken from the band before) bitwise the plain path's; float64 training outputs
+    and every gradient equal to the plain path's (the bands' input gradients overlap at their
+    edges and are summed)."""
     from mmsgformer.models import fast_paths
     from mmsgformer.models.blocks import Mlp
     torch.manual_seed(0)
@@ -401,11 +402,14 @@ def test_ffn_in_bands_equals_plain_path(monkeypatch, batch, H, W, rows):
     assert len(fast_paths.ffn_bands(batch, H, W, 4 * C)) == batch * -(-H // rows)
     mlp = Mlp(C, 4 * C)
     x = torch.randn(batch, H * W, C)
-    with torch.no_grad():
-        fast = mlp(x, H, W)
-        mlp.fast_path = False
-        plain = mlp(x, H, W)
-    assert torch.equal(fast, plain)
+    for autocast in (False, True):
+        mlp.fast_path = True
+        with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16, enabled=autocast):
+            fast = mlp(x, H, W)
+            mlp.fast_path = False
+            plain = mlp(x, H, W)
+        assert fast.dtype == (torch.bfloat16 if autocast else torch.float32)
+        assert torch.equal(fast, plain)
     mlp.double()
     x = x.double()
     weights = torch.linspace(-1, 1, x.numel(), dtype=torch.float64).view_as(x)

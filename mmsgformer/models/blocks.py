@@ -135,12 +135,9 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden_dim, dim)
 
     def forward(self, x: torch.Tensor, H: int, W: int) -> torch.Tensor:
-        chunks = fast_paths.image_chunks(self, x, x.shape[1] * self.fc1.out_features)
-        if chunks is not None:  # inference on a batch with a large FFN: a few images at a time
-            return torch.cat([self._forward(c, H, W) for c in chunks])
-        return self._forward(x, H, W)
-
-    def _forward(self, x: torch.Tensor, H: int, W: int) -> torch.Tensor:
+        fast = fast_paths.ffn_inference(self, x, H, W)  # large maps: all of it in bands of rows
+        if fast is not None:
+            return fast
         z = self.fc1(x)
         fast = fast_paths.ffn_tail(self, z, H, W)  # stores z only; large maps in bands of rows
         if fast is not None:

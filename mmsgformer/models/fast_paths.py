@@ -25,8 +25,9 @@ Inference (autograd off):
 * :func:`project` with the concatenated weights cached (not registered: the state dict is
   unchanged);
 * the coarse branch in query chunks on large inputs (:func:`attention_and_key_mass`);
-* :func:`image_chunks`: the stem and the large FFNs a few images at a time, so the per-chunk
-  temporaries stay in cache; the FFN tail in the same bands of rows as in training.
+* :func:`image_chunks`: the stem a few images at a time, so the per-chunk temporaries stay in
+  cache; :func:`ffn_inference`: the whole FFN of large maps (``fc1`` included) in the bands of
+  rows of training.
 
 Under ``torch.compile`` the recomputing autograd functions give way to the plain path (the
 compiler plans its own recomputation), and so does the banded FFN under any tracing or export;
@@ -214,6 +215,7 @@ def _reduced(dtype: torch.dtype) -> bool:
 # hidden values: each band's (rows*W, 4C) temporaries stay in cache and are reused by the
 # allocator, where whole-batch ones would be fresh pages (faulted in on every use) and a trip
 # to memory. Smaller maps (224 classification) run as one piece, as before.
+_MLP_SPLIT_ELEMS = 1 << 19  # hidden values per image from which the FFN runs in bands
 _BAND_ELEMS = 1 << 20  # hidden values per band (4 MiB in float32)
 
 
@@ -278,11 +280,20 @@ def _ffn_tail_forward(z: torch.Tensor, H: int, W: int, dw_weight: torch.Tensor,
         zmap = tokens_to_map(z, H, W)
         out = z.new_empty(B, N, C)
         for images, r0, r1 in ffn_bands(B, H, W, C4):
-            x, pad, _ = _band_input(zmap[images], r0, r1)
-            h = _gelu(_gelu_input(x, pad, z[images, r0 * W:r1 * W], dw_weight, dw_bias))
-            torch.addmm(fc2_bias, h.reshape(-1, C4), fc2_weight.t(),
-                        out=out[images, r0 * W:r1 * W].view(-1, C))
+            rows = slice(r0 * W, r1 * W)
+            _tail_piece(zmap[images], r0, r1, z[images, rows], dw_weight, dw_bias, fc2_weight,
+                        fc2_bias, out[images, rows].view(-1, C))
     return out
+
+
+def _tail_piece(zmap: torch.Tensor, r0: int, r1: int, z_rows: torch.Tensor,
+                dw_weight: torch.Tensor, dw_bias: torch.Tensor, fc2_weight: torch.Tensor,
+                fc2_bias: torch.Tensor, out: torch.Tensor) -> None:
+    """``fc2(GELU(z + dwconv(z)))`` of output rows ``[r0, r1)`` of ``zmap (b, C4, H', W)``
+    (``z_rows (b, n, C4)`` those rows' tokens) written into ``out (b*n, C)``; no autograd."""
+    x, pad, _ = _band_input(zmap, r0, r1)
+    h = _gelu(_gelu_input(x, pad, z_rows, dw_weight, dw_bias))
+    torch.addmm(fc2_bias, h.reshape(-1, h.shape[-1]), fc2_weight.t(), out=out)
 
 
 class _FFNTail(torch.autograd.Function):
@@ -368,6 +379,43 @@ def ffn_tail(mlp: nn.Module, z: torch.Tensor, H: int, W: int) -> Optional[torch.
         return _ffn_tail_forward(z, H, W, *params)
 
 
+def ffn_inference(mlp: nn.Module, x: torch.Tensor, H: int, W: int) -> Optional[torch.Tensor]:
+    """The whole FFN ``mlp.fc2(GELU(z + mlp.dwconv(z)))``, ``z = mlp.fc1(x)``, without autograd
+    on maps that run in bands (:func:`ffn_bands`): ``x (B, H*W, C) -> (B, H*W, C)``.
+
+    ``fc1`` runs band by band as well, so no ``(B, N, 4C)`` tensor is made: a band's conv reads
+    its rows and the row above and below them; the two rows above come from the band before
+    (each row of ``fc1`` is computed once). ``None`` when a gradient is needed, the map runs as
+    one piece, or the plain path applies (``fast_path`` off, tracing, export, symbolic sizes).
+    """
+    params = [x, *mlp.parameters()]
+    if (not use_fast_path(mlp) or is_tracing() or is_symbolic(H, W)
+            or (torch.is_grad_enabled() and any(t.requires_grad for t in params))):
+        return None
+    B, N, _ = x.shape
+    pieces = ffn_bands(B, H, W, mlp.fc1.out_features)
+    if len(pieces) == 1:
+        return None
+    conv, fc2 = mlp.dwconv.dwconv, mlp.fc2
+    out = z_above = None
+    with torch.no_grad():
+        for images, r0, r1 in pieces:
+            a, b = max(r0 - 1, 0), min(r1 + 1, H)  # the rows the band's conv reads
+            if r0 == 0:  # an image's first band
+                z = mlp.fc1(x[images, a * W:b * W])  # under autocast: in the autocast dtype
+            else:  # rows r0 - 1 and r0 from the band above
+                z = torch.cat([z_above, mlp.fc1(x[images, (r0 + 1) * W:b * W])], dim=1)
+            z_above = z[:, (r1 - 1 - a) * W:(r1 + 1 - a) * W]
+            if out is None:
+                weights = [p.to(z.dtype) for p in (conv.weight, conv.bias, fc2.weight, fc2.bias)]
+                out = z.new_empty(B, N, fc2.out_features)
+            with _no_autocast(z):
+                _tail_piece(tokens_to_map(z, b - a, W), r0 - a, r1 - a,
+                            z[:, (r0 - a) * W:(r1 - a) * W], *weights,
+                            out[images, r0 * W:r1 * W].view(-1, fc2.out_features))
+    return out
+
+
 # ---------------------------------------------------------------------------------- convs
 
 
@@ -442,24 +490,20 @@ def stem_memory_format(stem: nn.Module, weight: torch.Tensor) -> torch.memory_fo
 
 # ---------------------------------------------------------------------------------- inference
 
-# Inference on a batch runs the stem and the large FFNs a few images at a time: the per-chunk
-# intermediates stay in cache and the allocator reuses them instead of faulting in fresh pages
-# for every (B, ...) temporary. Convs, GroupNorm and GEMM rows are independent per image; with
-# the installed oneDNN/MKL the chunked results are bitwise those of the batched call.
+# Inference on a batch runs the stem a few images at a time: the per-chunk intermediates stay
+# in cache and the allocator reuses them instead of faulting in fresh pages for every (B, ...)
+# temporary (the FFN goes further: ffn_inference). Convs and GroupNorm are independent per
+# image; with the installed oneDNN the chunked results are bitwise those of the batched call.
 _IMAGES_PER_CHUNK = 4  # 1 or 2 save little more CPU time but add many small ops
-_MLP_SPLIT_ELEMS = 1 << 19  # hidden activations per image from which the FFN is split
 
 
-def image_chunks(module: nn.Module, x: torch.Tensor,
-                 hidden_per_image: int = _MLP_SPLIT_ELEMS) -> Optional[List[torch.Tensor]]:
+def image_chunks(module: nn.Module, x: torch.Tensor) -> Optional[List[torch.Tensor]]:
     """``x (B, ...)`` as chunks of ``_IMAGES_PER_CHUNK`` images in inference when ``B`` exceeds
-    the chunk size and each image has at least ``hidden_per_image`` hidden activations;
-    ``None`` otherwise (run the batch as a whole)."""
-    if (not use_fast_path(module) or torch.is_grad_enabled()
-            or x.shape[0] <= _IMAGES_PER_CHUNK or hidden_per_image < _MLP_SPLIT_ELEMS):
+    the chunk size; ``None`` otherwise (run the batch as a whole)."""
+    if not use_fast_path(module) or torch.is_grad_enabled() or x.shape[0] <= _IMAGES_PER_CHUNK:
         return None
     return list(x.split(_IMAGES_PER_CHUNK))
 
 
 __all__ = ['use_fast_path', 'project', 'attention_and_key_mass', 'ffn_bands', 'ffn_tail',
-           'norm_act_conv', 'stem_memory_format', 'image_chunks']
+           'ffn_inference', 'norm_act_conv', 'stem_memory_format', 'image_chunks']
