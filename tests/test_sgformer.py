@@ -473,25 +473,32 @@ def test_fast_path_training_graph_has_no_view_rewrites():
     assert 'CopySlices' in _backward_node_names(plain(x))  # the check sees them
 
 
-def test_stem_runs_channels_last_only_in_training():
-    """The stem's convs run channels-last in training (faster backward) and in the official
-    NCHW layout in inference; float64 outputs agree either way."""
+def test_stem_layout_is_official_only_where_the_official_code_runs():
+    """The stem's convs run channels-last in training (faster backward) and in inference at sizes
+    the official code cannot run; in inference at sides that are multiples of 224, and on the
+    plain path, in the official NCHW layout. float64 outputs agree either way."""
     from mmsgformer.models import fast_paths
     torch.manual_seed(0)
     model = SGFormer(arch=dict(MICRO)).double()
-    weight = model.stem.conv[0].c.weight
-    assert fast_paths.stem_memory_format(model.stem, weight) == torch.channels_last
+    official, other = torch.zeros(1, 3, 224, 448), torch.zeros(1, 3, 224, 230)
+    layout = fast_paths.stem_memory_format
+    assert layout(model.stem, official) == layout(model.stem, other) == torch.channels_last
     with torch.no_grad():
-        assert fast_paths.stem_memory_format(model.stem, weight) == torch.contiguous_format
-    model.set_fast_path(False)
-    assert fast_paths.stem_memory_format(model.stem, weight) == torch.contiguous_format
+        assert layout(model.stem, official) == torch.contiguous_format
+        assert layout(model.stem, other) == torch.channels_last
+        model.set_fast_path(False)
+        assert layout(model.stem, other) == torch.contiguous_format
+    assert layout(model.stem, other) == torch.contiguous_format
     model.set_fast_path(True)
     x = torch.randn(2, 3, 33, 47, dtype=torch.float64)
     train_tokens = model.stem(x)[0]
     with torch.no_grad():
         eval_tokens = model.stem(x)[0]
-    assert train_tokens.is_contiguous()
+        model.set_fast_path(False)
+        plain_tokens = model.stem(x)[0]
+    assert train_tokens.is_contiguous() and eval_tokens.is_contiguous()
     assert (train_tokens.detach() - eval_tokens).abs().max().item() < 1e-12
+    assert (plain_tokens - eval_tokens).abs().max().item() < 1e-12
 
 
 def test_rank_tokens_column_listing_is_an_order_over_row_major_tokens():

@@ -72,11 +72,11 @@ class ConvStem(nn.Module):
         self.norm = nn.LayerNorm(embed_dim, eps=1e-5)
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, int, int]:
-        # Inference: dense convs in the official (contiguous NCHW) layout: channels-last picks
-        # other conv algorithms whose float32 rounding flips near-ties of the later significance
-        # sort. Training: channels-last (faster backward), see fast_paths.stem_memory_format.
+        # Official sizes (inference): dense convs in the official contiguous NCHW layout, whose
+        # float32 rounding keeps the first significance sort the official one. Training and
+        # other sizes: channels-last (faster), see fast_paths.stem_memory_format.
         units = [self.conv[0], self.conv[2], self.conv[4]]
-        x = x.contiguous(memory_format=fast_paths.stem_memory_format(self, units[0].c.weight))
+        x = x.contiguous(memory_format=fast_paths.stem_memory_format(self, x))
         chunks = fast_paths.image_chunks(self, x)
         if chunks is not None:  # inference on a batch: a few images at a time
             x = torch.cat([conv_gn_chain(units, c) for c in chunks])

@@ -18,7 +18,8 @@ Training (autograd on):
   and the normalized map are never stored (design §4, "Memory"). On large maps the FFN tail
   runs per image in bands of rows (:func:`ffn_bands`), forward and backward, so its
   ``(rows*W, 4C)`` temporaries stay in cache (design §4, "FFN in bands of rows");
-* :func:`stem_memory_format`: the stem's convs run channels-last.
+* :func:`stem_memory_format`: the stem's convs run channels-last (in inference too, at sizes
+  the official code cannot run).
 
 Inference (autograd off):
 
@@ -478,12 +479,26 @@ def norm_act_conv(norm: nn.GroupNorm, conv: nn.Conv2d, x: torch.Tensor) -> Optio
 # ---------------------------------------------------------------------------------- layout
 
 
-def stem_memory_format(stem: nn.Module, weight: torch.Tensor) -> torch.memory_format:
-    """The layout the stem's convs run in: channels-last in training (oneDNN's backward of the
-    large 3x3 convs is 2-3x faster there, and the tokens after the stem are then a view), else
-    the official contiguous NCHW (its float32 rounding keeps the first significance map bitwise
-    the official one; channels-last convs round differently)."""
+# The official code runs where every stage's grid is a multiple of the 7x7 window: inputs whose
+# sides are multiples of 224.
+_OFFICIAL_MULTIPLE = 224
+
+
+def stem_memory_format(stem: nn.Module, x: torch.Tensor) -> torch.memory_format:
+    """The layout the stem's convs run in for the image batch ``x (B, 3, H, W)``.
+
+    Channels-last in training (oneDNN's backward of the large 3x3 convs is 2-3x faster there, and
+    the tokens after the stem are then a view) and in inference at sizes the official code cannot
+    run (its forward is 1.6x faster there). At the official sizes (sides multiples of 224) and on
+    the plain path: the official contiguous NCHW, whose float32 rounding keeps the first
+    significance map bitwise the official one (channels-last convs round differently, which
+    flips near-ties of the first ranking)."""
+    weight = stem.conv[0].c.weight
     if _recompute_allowed(stem, weight):
+        return torch.channels_last
+    H, W = x.shape[-2:]
+    if (use_fast_path(stem) and not is_tracing() and not is_symbolic(H, W)
+            and (H % _OFFICIAL_MULTIPLE or W % _OFFICIAL_MULTIPLE)):
         return torch.channels_last
     return torch.contiguous_format
 
