@@ -333,28 +333,39 @@ def test_fast_path_saves_less_for_backward():
     assert saved_fast < 0.6 * saved_plain, (saved_fast, saved_plain)
 
 
+def _gradcheck_ffn_tail(batch: int, H: int, W: int, seed: int = 0) -> None:
+    """float64 gradcheck of the FFN tail (4 hidden channels, 3 out) with every input needing a
+    gradient, only ``z`` (frozen parameters), and only the parameters: the written-out backward
+    skips what is not needed."""
+    from mmsgformer.models.fast_paths import _FFNTail
+    gen = torch.Generator().manual_seed(seed)
+
+    def rand(*shape):
+        return torch.randn(*shape, dtype=torch.float64, generator=gen).requires_grad_(True)
+
+    z, dww, dwb, w2, b2 = rand(batch, H * W, 4), rand(4, 1, 3, 3), rand(4), rand(3, 4), rand(3)
+    params = (dww, dwb, w2, b2)
+    assert torch.autograd.gradcheck(lambda *a: _FFNTail.apply(a[0], H, W, *a[1:]), (z, ) + params)
+    assert torch.autograd.gradcheck(
+        lambda z: _FFNTail.apply(z, H, W, *(p.detach() for p in params)), (z, ))
+    assert torch.autograd.gradcheck(lambda *a: _FFNTail.apply(z.detach(), H, W, *a), params)
+
+
 def test_fast_path_recompute_functions_gradcheck():
     """float64 gradcheck of the two recomputing autograd functions."""
-    from mmsgformer.models.fast_paths import _FFNTail, _NormActConv
+    from mmsgformer.models.fast_paths import _NormActConv
     gen = torch.Generator().manual_seed(0)
 
     def rand(*shape):
         return torch.randn(*shape, dtype=torch.float64, generator=gen).requires_grad_(True)
 
-    z, dww, dwb, w2, b2 = rand(1, 6, 4), rand(4, 1, 3, 3), rand(4), rand(3, 4), rand(3)
-    assert torch.autograd.gradcheck(lambda *a: _FFNTail.apply(a[0], 2, 3, *a[1:]),
-                                    (z, dww, dwb, w2, b2))
+    _gradcheck_ffn_tail(1, 2, 3)
+    _gradcheck_ffn_tail(2, 3, 2)
     x, gw, gb, cw = rand(1, 4, 3, 4), rand(4), rand(4), rand(4, 1, 3, 3)
     assert torch.autograd.gradcheck(
         lambda x, gw, gb, cw: _NormActConv.apply(x, gw, gb, 1e-5, cw, 2, 1, 4), (x, gw, gb, cw))
-    # batches of 2, a channels-last input, and only some inputs needing a gradient (the stem's
+    # a batch of 2, a channels-last input, and only some inputs needing a gradient (the stem's
     # image; frozen parameters): the written-out backward skips the rest
-    z2 = rand(2, 6, 4)
-    assert torch.autograd.gradcheck(
-        lambda z: _FFNTail.apply(z, 3, 2, dww.detach(), dwb.detach(), w2.detach(), b2.detach()),
-        (z2, ))
-    assert torch.autograd.gradcheck(lambda *a: _FFNTail.apply(z2.detach(), 3, 2, *a),
-                                    (dww, dwb, w2, b2))
     image = torch.randn(2, 4, 5, 6, dtype=torch.float64, generator=gen).to(
         memory_format=torch.channels_last)
     assert torch.autograd.gradcheck(
@@ -429,23 +440,10 @@ def test_ffn_tail_in_bands_gradcheck(monkeypatch):
     """float64 gradcheck of the FFN tail in bands of two rows (edge and inner bands, a short
     last one, two images), also with only z or only the parameters needing a gradient."""
     from mmsgformer.models import fast_paths
-    from mmsgformer.models.fast_paths import _FFNTail
     monkeypatch.setattr(fast_paths, '_MLP_SPLIT_ELEMS', 1)
     monkeypatch.setattr(fast_paths, '_BAND_ELEMS', 2 * 3 * 4)
     assert [p[1:] for p in fast_paths.ffn_bands(2, 5, 3, 4)] == [(0, 2), (2, 4), (4, 5)] * 2
-    gen = torch.Generator().manual_seed(0)
-
-    def rand(*shape):
-        return torch.randn(*shape, dtype=torch.float64, generator=gen).requires_grad_(True)
-
-    z, dww, dwb, w2, b2 = rand(2, 15, 4), rand(4, 1, 3, 3), rand(4), rand(3, 4), rand(3)
-    assert torch.autograd.gradcheck(lambda *a: _FFNTail.apply(a[0], 5, 3, *a[1:]),
-                                    (z, dww, dwb, w2, b2))
-    assert torch.autograd.gradcheck(
-        lambda z: _FFNTail.apply(z, 5, 3, dww.detach(), dwb.detach(), w2.detach(), b2.detach()),
-        (z, ))
-    assert torch.autograd.gradcheck(lambda *a: _FFNTail.apply(z.detach(), 5, 3, *a),
-                                    (dww, dwb, w2, b2))
+    _gradcheck_ffn_tail(2, 5, 3)
 
 
 def _backward_node_names(outs) -> set:
