@@ -370,10 +370,9 @@ def ffn_tail(mlp: nn.Module, z: torch.Tensor, H: int, W: int) -> Optional[torch.
     autograd. Under autocast ``z`` has the autocast dtype and the weights are cast to it, as
     autocast would cast them for the conv and the GEMM.
     """
-    if not use_fast_path(mlp) or is_tracing() or is_symbolic(H, W):
+    if not _bands_allowed(mlp, H, W):
         return None
-    conv, fc2 = mlp.dwconv.dwconv, mlp.fc2
-    params = [p.to(z.dtype) for p in (conv.weight, conv.bias, fc2.weight, fc2.bias)]
+    params = _tail_weights(mlp, z.dtype)
     if torch.is_grad_enabled() and any(t.requires_grad for t in [z] + params):
         return _FFNTail.apply(z, H, W, *params)
     with _no_autocast(z):
@@ -389,15 +388,14 @@ def ffn_inference(mlp: nn.Module, x: torch.Tensor, H: int, W: int) -> Optional[t
     (each row of ``fc1`` is computed once). ``None`` when a gradient is needed, the map runs as
     one piece, or the plain path applies (``fast_path`` off, tracing, export, symbolic sizes).
     """
-    params = [x, *mlp.parameters()]
-    if (not use_fast_path(mlp) or is_tracing() or is_symbolic(H, W)
-            or (torch.is_grad_enabled() and any(t.requires_grad for t in params))):
+    if not _bands_allowed(mlp, H, W) or (torch.is_grad_enabled() and any(
+            t.requires_grad for t in [x, *mlp.parameters()])):
         return None
     B, N, _ = x.shape
     pieces = ffn_bands(B, H, W, mlp.fc1.out_features)
     if len(pieces) == 1:
         return None
-    conv, fc2 = mlp.dwconv.dwconv, mlp.fc2
+    C = mlp.fc2.out_features
     out = z_above = None
     with torch.no_grad():
         for images, r0, r1 in pieces:
@@ -407,14 +405,27 @@ def ffn_inference(mlp: nn.Module, x: torch.Tensor, H: int, W: int) -> Optional[t
             else:  # rows r0 - 1 and r0 from the band above
                 z = torch.cat([z_above, mlp.fc1(x[images, (r0 + 1) * W:b * W])], dim=1)
             z_above = z[:, (r1 - 1 - a) * W:(r1 + 1 - a) * W]
-            if out is None:
-                weights = [p.to(z.dtype) for p in (conv.weight, conv.bias, fc2.weight, fc2.bias)]
-                out = z.new_empty(B, N, fc2.out_features)
+            if out is None:  # z's dtype (autocast's, if on) is known from the first band
+                weights = _tail_weights(mlp, z.dtype)
+                out = z.new_empty(B, N, C)
             with _no_autocast(z):
                 _tail_piece(tokens_to_map(z, b - a, W), r0 - a, r1 - a,
                             z[:, (r0 - a) * W:(r1 - a) * W], *weights,
-                            out[images, r0 * W:r1 * W].view(-1, fc2.out_features))
+                            out[images, r0 * W:r1 * W].view(-1, C))
     return out
+
+
+def _bands_allowed(mlp: nn.Module, H: int, W: int) -> bool:
+    """The banded FFN needs the fast path, concrete sizes and no tracing, compile or export
+    (its Python loop over bands would be baked into the graph)."""
+    return use_fast_path(mlp) and not is_tracing() and not is_symbolic(H, W)
+
+
+def _tail_weights(mlp: nn.Module, dtype: torch.dtype) -> List[torch.Tensor]:
+    """The FFN tail's ``[dwconv weight, dwconv bias, fc2 weight, fc2 bias]`` in ``dtype`` (that
+    of ``z``: autocast's under autocast, as autocast would cast them for the conv and GEMM)."""
+    conv, fc2 = mlp.dwconv.dwconv, mlp.fc2
+    return [p.to(dtype) for p in (conv.weight, conv.bias, fc2.weight, fc2.bias)]
 
 
 # ---------------------------------------------------------------------------------- convs
