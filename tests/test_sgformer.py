@@ -471,32 +471,42 @@ def test_fast_path_training_graph_has_no_view_rewrites():
     assert 'CopySlices' in _backward_node_names(plain(x))  # the check sees them
 
 
-def test_stem_layout_is_official_only_where_the_official_code_runs():
-    """The stem's convs run channels-last in training (faster backward) and in inference at sizes
-    the official code cannot run; in inference at sides that are multiples of 224, and on the
-    plain path, in the official NCHW layout. float64 outputs agree either way."""
+def test_conv_layout_is_official_only_where_the_official_code_runs():
+    """The convs of the stem and of the downsamplings run channels-last in training (faster
+    backward) and in inference at sizes the official code cannot run; in inference at official
+    sizes (images with sides multiples of 224, maps multiples of 14), and on the plain path, in
+    the official NCHW layout. float64 outputs agree either way."""
     from mmsgformer.models import fast_paths
     torch.manual_seed(0)
     model = SGFormer(arch=dict(MICRO)).double()
-    official, other = torch.zeros(1, 3, 224, 448), torch.zeros(1, 3, 224, 230)
-    layout = fast_paths.stem_memory_format
-    assert layout(model.stem, official) == layout(model.stem, other) == torch.channels_last
-    with torch.no_grad():
-        assert layout(model.stem, official) == torch.contiguous_format
-        assert layout(model.stem, other) == torch.channels_last
-        model.set_fast_path(False)
-        assert layout(model.stem, other) == torch.contiguous_format
-    assert layout(model.stem, other) == torch.contiguous_format
-    model.set_fast_path(True)
-    x = torch.randn(2, 3, 33, 47, dtype=torch.float64)
-    train_tokens = model.stem(x)[0]
-    with torch.no_grad():
-        eval_tokens = model.stem(x)[0]
-        model.set_fast_path(False)
-        plain_tokens = model.stem(x)[0]
-    assert train_tokens.is_contiguous() and eval_tokens.is_contiguous()
-    assert (train_tokens.detach() - eval_tokens).abs().max().item() < 1e-12
-    assert (plain_tokens - eval_tokens).abs().max().item() < 1e-12
+    stem, down = model.stem, model.stages[1].downsample
+    cases = [(stem, torch.zeros(1, 3, 224, 448), torch.zeros(1, 3, 224, 230),
+              fast_paths.STEM_OFFICIAL_MULTIPLE),
+             (down, torch.zeros(1, 8, 28, 56), torch.zeros(1, 8, 28, 57),
+              fast_paths.DOWNSAMPLE_OFFICIAL_MULTIPLE)]
+    for module, official, other, multiple in cases:
+        def layout(x):
+            return fast_paths.conv_memory_format(module, x, multiple)
+        assert layout(official) == layout(other) == torch.channels_last
+        with torch.no_grad():
+            assert layout(official) == torch.contiguous_format
+            assert layout(other) == torch.channels_last
+            model.set_fast_path(False)
+            assert layout(other) == torch.contiguous_format
+        assert layout(other) == torch.contiguous_format
+        model.set_fast_path(True)
+    for module, x in ((stem, torch.randn(2, 3, 33, 47, dtype=torch.float64)),
+                      (down, torch.randn(2, down.conv1.c.in_channels, 9, 13,
+                                         dtype=torch.float64))):
+        train_tokens = module(x)[0]
+        with torch.no_grad():
+            eval_tokens = module(x)[0]
+            model.set_fast_path(False)
+            plain_tokens = module(x)[0]
+            model.set_fast_path(True)
+        assert train_tokens.is_contiguous() and eval_tokens.is_contiguous()
+        assert (train_tokens.detach() - eval_tokens).abs().max().item() < 1e-12
+        assert (plain_tokens - eval_tokens).abs().max().item() < 1e-12
 
 
 def test_rank_tokens_column_listing_is_an_order_over_row_major_tokens():

@@ -74,9 +74,10 @@ class ConvStem(nn.Module):
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, int, int]:
         # Official sizes (inference): dense convs in the official contiguous NCHW layout, whose
         # float32 rounding keeps the first significance sort the official one. Training and
-        # other sizes: channels-last (faster), see fast_paths.stem_memory_format.
+        # other sizes: channels-last (faster), see fast_paths.conv_memory_format.
         units = [self.conv[0], self.conv[2], self.conv[4]]
-        x = x.contiguous(memory_format=fast_paths.stem_memory_format(self, x))
+        layout = fast_paths.conv_memory_format(self, x, fast_paths.STEM_OFFICIAL_MULTIPLE)
+        x = x.contiguous(memory_format=layout)
         chunks = fast_paths.image_chunks(self, x)
         if chunks is not None:  # inference on a batch: a few images at a time
             x = torch.cat([conv_gn_chain(units, c) for c in chunks])
@@ -104,10 +105,12 @@ class ConvDownsample(nn.Module):
         self.conv3 = ConvGN(out_channels, out_channels, 1)
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, int, int]:
-        # official layout (contiguous NCHW), see ConvStem.forward
-        x = conv_gn_chain([self.conv1, self.conv2, self.conv3], x.contiguous())
+        # the layout rule of the stem (fast_paths.conv_memory_format); the backbone hands over
+        # the previous stage's tokens as a channels-last view, so that layout costs no copy
+        layout = fast_paths.conv_memory_format(self, x, fast_paths.DOWNSAMPLE_OFFICIAL_MULTIPLE)
+        x = conv_gn_chain([self.conv1, self.conv2, self.conv3], x.contiguous(memory_format=layout))
         _, _, H, W = x.shape
-        return x.flatten(2).transpose(1, 2).contiguous(), H, W
+        return map_to_tokens(x).contiguous(), H, W
 
 
 class DWConv(nn.Module):

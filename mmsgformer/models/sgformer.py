@@ -408,9 +408,9 @@ class SGFormer(PretrainedInitMixin, BaseModule):
                 x, H, W = stage.downsample(x)
             x = self._run_blocks(i, stage.blocks, x, H, W,
                                  records if return_significance else None)
-            x = tokens_to_map(stage.norm(x), H, W).contiguous()  # (B, C_i, H_i, W_i)
+            x = tokens_to_map(stage.norm(x), H, W)  # (B, C_i, H_i, W_i), channels-last view
             if i in self.out_indices:
-                outs.append(x)
+                outs.append(x.contiguous())
         if return_significance:
             return tuple(outs), records
         return tuple(outs)
