@@ -509,6 +509,41 @@ def test_conv_layout_is_official_only_where_the_official_code_runs():
         assert (plain_tokens - eval_tokens).abs().max().item() < 1e-12
 
 
+def test_inference_cache_follows_the_parameters_and_the_size():
+    """Inference keeps the resized position table and the concatenated projection weights on the
+    module; a new size, a parameter changed in place (a checkpoint load) or replaced computes
+    them afresh. Nothing is kept while autograd records, nor on the plain path."""
+    from mmsgformer.models.fast_paths import inference_cache
+    torch.manual_seed(0)
+    model = SGFormer(arch=dict(MICRO)).eval()
+    with torch.no_grad():
+        first = model._stage_pos_embed(9, 13)
+        assert model._stage_pos_embed(9, 13) is first  # kept
+        other = model._stage_pos_embed(10, 13)
+        assert other.shape[1] == 130 and model._stage_pos_embed(9, 13) is not first
+        again = model._stage_pos_embed(9, 13)
+        model.pos_embed.mul_(2)  # in place, as load_state_dict does
+        doubled = model._stage_pos_embed(9, 13)
+        assert doubled is not again
+        torch.testing.assert_close(doubled, 2 * again)
+        model.pos_embed = nn.Parameter(model.pos_embed.detach().clone())  # replaced
+        assert model._stage_pos_embed(9, 13) is not doubled
+        model.set_fast_path(False)
+        assert model._stage_pos_embed(9, 13) is not model._stage_pos_embed(9, 13)
+        model.set_fast_path(True)
+    with_grad = model._stage_pos_embed(9, 13)  # training: part of the graph, never kept
+    assert with_grad.requires_grad and model._stage_pos_embed(9, 13) is not with_grad
+    calls = []
+    weight = nn.Parameter(torch.ones(3))
+    with torch.no_grad():
+        for _ in range(3):
+            inference_cache(model, 'probe', (), [weight], lambda: calls.append(1) or len(calls))
+    assert calls == [1]
+    for _ in range(2):
+        inference_cache(model, 'probe', (), [weight], lambda: calls.append(1) or len(calls))
+    assert calls == [1, 1, 1]
+
+
 def test_rank_tokens_column_listing_is_an_order_over_row_major_tokens():
     S = torch.tensor([[[3., 1., 2.], [0., 5., 4.]]])  # (1, 2, 3)
     order_row, order_col = rank_tokens(S)

@@ -23,8 +23,10 @@ Training (autograd on):
 
 Inference (autograd off):
 
-* :func:`project` with the concatenated weights cached (not registered: the state dict is
-  unchanged);
+* :func:`inference_cache`: what depends only on parameters and sizes is kept on the module (not
+  registered: the state dict is unchanged): the concatenated weights of :func:`project`, the
+  position table resized to the input's grid;
+* :func:`project`: one GEMM for the projections that read the same tokens;
 * the coarse branch in query chunks on large inputs (:func:`attention_and_key_mass`);
 * :func:`image_chunks`: the stem a few images at a time, so the per-chunk temporaries stay in
   cache; :func:`ffn_inference`: the whole FFN of large maps (``fc1`` included) in the bands of
@@ -34,13 +36,15 @@ Under ``torch.compile`` the recomputing autograd functions give way to the plain
 compiler plans its own recomputation), and so does the banded FFN under any tracing or export;
 the attention fast path stays.
 """
-from typing import List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple, TypeVar
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from .common import add_fresh, is_symbolic, map_to_tokens, tokens_to_map
+
+T = TypeVar('T')
 
 
 def is_compiling() -> bool:
@@ -77,6 +81,23 @@ def _recompute_allowed(module: nn.Module, *tensors: torch.Tensor) -> bool:
             and any(t.requires_grad for t in tensors) and not is_compiling())
 
 
+def inference_cache(module: nn.Module, name: object, key: tuple,
+                    params: Sequence[torch.Tensor], compute: Callable[[], T]) -> T:
+    """``compute()``, kept on ``module`` under ``name`` in inference and returned again while
+    ``key`` and ``params`` stay the same (a parameter replaced or modified in place, or another
+    ``key``, recomputes it; one entry per ``name``). Computed afresh, nothing kept, while
+    autograd records, on the plain path and while tracing (no traced tensor may outlive its
+    graph)."""
+    if not use_fast_path(module) or is_tracing() or torch.is_grad_enabled():
+        return compute()
+    state = (key, tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params))
+    cache = module.__dict__.setdefault('_inference_cache', {})
+    entry = cache.get(name)
+    if entry is None or entry[0] != state:
+        entry = cache[name] = (state, compute())
+    return entry[1]
+
+
 # ---------------------------------------------------------------------------------- projections
 
 # GEMMs narrower than this are left unfused: MKL runs them with other kernels whose float32
@@ -102,18 +123,10 @@ def project(module: nn.Module, y: torch.Tensor,
     if not (use_fast_path(module) and fusable and len(flat) > 1) or torch.is_grad_enabled():
         outs = [[m(y) for m in group] for group in layers]
         return [o[0] if len(o) == 1 else torch.cat(o, dim=-1) for o in outs]
-    if is_tracing():  # in the graph: concatenated there, nothing cached
-        weight, bias = torch.cat([m.weight for m in flat]), torch.cat([m.bias for m in flat])
-    else:
-        names = tuple(n for group in groups for n in group)
-        params = [p for m in flat for p in (m.weight, m.bias)]
-        key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params)
-        cache = module.__dict__.setdefault('_fused_cache', {})
-        entry = cache.get(names)
-        if entry is None or entry[0] != key:
-            entry = (key, torch.cat([m.weight for m in flat]), torch.cat([m.bias for m in flat]))
-            cache[names] = entry
-        weight, bias = entry[1], entry[2]
+    weight, bias = inference_cache(
+        module, tuple(n for group in groups for n in group), (),
+        [p for m in flat for p in (m.weight, m.bias)],
+        lambda: (torch.cat([m.weight for m in flat]), torch.cat([m.bias for m in flat])))
     out = F.linear(y, weight, bias)
     return list(out.split([sum(m.out_features for m in group) for group in layers], dim=-1))
 
@@ -534,5 +547,5 @@ def image_chunks(module: nn.Module, x: torch.Tensor) -> Optional[List[torch.Tens
     return list(x.split(_IMAGES_PER_CHUNK))
 
 
-__all__ = ['use_fast_path', 'project', 'attention_and_key_mass', 'ffn_bands', 'ffn_tail',
-           'ffn_inference', 'norm_act_conv', 'conv_memory_format', 'image_chunks']
+__all__ = ['use_fast_path', 'inference_cache', 'project', 'attention_and_key_mass', 'ffn_bands',
+           'ffn_tail', 'ffn_inference', 'norm_act_conv', 'conv_memory_format', 'image_chunks']

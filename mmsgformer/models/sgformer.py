@@ -12,6 +12,7 @@ from mmengine.model import BaseModule
 from mmengine.registry import MODELS
 
 from mmsgformer.ops import IMPLS, group_sizes_for
+from . import fast_paths
 from .attention import HybridScaleAttention, SelfGuidedAttention, StandardAttention
 from .blocks import Block, ConvDownsample, ConvStem, tokens_to_map
 from .common import (check_drop_path_rate, check_frozen_stages, check_image_batch,
@@ -313,7 +314,9 @@ class SGFormer(PretrainedInitMixin, BaseModule):
         """Position table for a stem grid ``(H, W)``: ``(1, H*W, C1)``."""
         if not is_symbolic(H, W) and (H, W) == self.pos_grid:
             return self.pos_embed
-        return resize_pos_embed(self.pos_embed, self.pos_grid, (H, W))
+        return fast_paths.inference_cache(  # inference: resized once per grid
+            self, 'pos_embed', (H, W), [self.pos_embed],
+            lambda: resize_pos_embed(self.pos_embed, self.pos_grid, (H, W)))
 
     def _table_grid_of(self, num_tokens: int) -> Tuple[int, int]:
         """Grid of a checkpoint table with ``num_tokens`` entries: the model's aspect ratio."""
