@@ -380,6 +380,50 @@ def test_benchmark_table_ratios_and_cpu_flag():
     assert any(n.startswith('GEMM share: GMac/s over 125.0 GMac/s') for n in shared)
 
 
+def test_benchmark_rounds_alternate_the_order_and_pair_the_ratios(monkeypatch, capsys):
+    tool = _load_tool('benchmark')
+    calls = []
+    # the VM slows down over the run: every later cell takes longer; sgformer-s is 2x swin-t
+    def fake_measure(spec, timeout):
+        calls.append(spec.get('model', 'gemm'))
+        if spec.get('kind') == 'gemm':
+            return dict(spec, gemm_gmac_per_s=100. + len(calls))
+        drift = 1 + 0.5 * len(calls)
+        step = (2. if spec['model'] == 'sgformer-s' else 1.) * drift
+        return dict(spec, step_s=step, times=[step], cpu_util=0.95, sys_share=0.1,
+                    base_mib=100., peak_mib=500., params_m=1.,
+                    growth_mib=300. if spec['model'] == 'sgformer-s' else 400.,
+                    gmac_fwd=1., gmac_step=1., gmac_per_s=1. / step)
+    monkeypatch.setattr(tool, 'measure', fake_measure)
+    emitted = []
+    assert tool.main(['--modes', 'infer', '--sizes', '64x64', '--models', 'sgformer-s', 'swin-t',
+                      '--rounds', '3'], emit=emitted.append) == 0
+    assert calls == ['sgformer-s', 'swin-t', 'gemm', 'swin-t', 'sgformer-s', 'gemm',
+                     'sgformer-s', 'swin-t', 'gemm']
+    assert 'one fresh process per row and round, 3 rounds' in emitted[0]
+    table = emitted[1].splitlines()
+    assert table[0].split()[6:10] == ['time', 'vs', 'Swin-T', 'rounds']
+    rows = {r.split()[0]: r.split() for r in table if r.startswith(('sgformer', 'swin'))}
+    # calls 1-8 (gemm included) run at drift 1.5 ... 5: sgformer-s 3, 7, 9 s, swin-t 2, 3, 5 s;
+    # per-round ratios 1.5, 2.33, 1.8: median 1.80 (the ratio of the medians would be 7 / 3)
+    assert rows['sgformer-s'][5:8] == ['7', '1.80x', '1.50-2.33']
+    assert rows['swin-t'][5:8] == ['3', '1.00x', '1.00-1.00']
+    assert rows['sgformer-s'][8:10] == ['1', '0.1429']  # GMac / median s/step
+    assert rows['sgformer-s'][12] == '0.75x'
+    assert any(n.startswith('3 rounds, the cell order reversed') for n in table)
+    assert any(n.startswith('GEMM share: GMac/s over 106.0') and n.endswith('(median over rounds).')
+               for n in table)  # the rates 103, 106, 109 of the three rounds
+    assert 'round 2/3: swin-t infer @ 64x64' in capsys.readouterr().err
+    # one round: as before, no rounds column; a failure in any round fails the cell
+    one = tool.combine_rounds([[dict(model='a', step_s=1.)]])
+    assert one == [dict(model='a', step_s=1.)]
+    failed = tool.combine_rounds([[dict(model='a', step_s=1., times=[1.])],
+                                  [dict(model='a', error='exit 1: boom')]])
+    assert failed == [dict(model='a', error='exit 1: boom')]
+    with pytest.raises(SystemExit):
+        tool.parse_args(['--rounds', '0'])
+
+
 def test_benchmark_cells_follow_modes_sizes_and_with_cp():
     tool = _load_tool('benchmark')
     specs = tool.cell_specs(tool.parse_args(['--modes', 'infer', 'train', '--with-cp',

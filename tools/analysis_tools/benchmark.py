@@ -22,6 +22,12 @@ Inputs (``--sizes``):
 * any other ``N`` (classifier at NxN, batch 8) or ``HxW`` (dense backbone, batch 1 / 2), e.g.
   ``64x64`` for a smoke run of the tiny archs.
 
+``--rounds R``: every cell is measured R times (each time in a fresh process), the cell order
+reversed every other round, so that a model and its reference run close in time in every round
+and the VM's drift over the run cancels; the table gives medians over rounds, each ratio the
+median of the per-round ratios, and a ``rounds`` column with the lowest and highest per-round
+time ratio.
+
 Columns: ``s/step`` (one forward, or one fwd+bwd step, of the whole batch); ``time vs Swin-T``
 (seconds per image over Swin-T's in the same mode and input, > 1 = slower); ``GMac``: multiply-adds
 of one step, counted by :mod:`mmsgformer.analysis.flops` on the cell's model and input (one
@@ -51,6 +57,8 @@ Usage::
     python tools/analysis_tools/benchmark.py --modes train --sizes 800x1344 \
         --models sgformer-s swin-t --with-cp                # with_cp=True rows beside the plain
     python tools/analysis_tools/benchmark.py --models sgformer-s swin-t --sizes 224 --repeats 3
+    python tools/analysis_tools/benchmark.py --modes infer train --sizes 800x1344 512x512 \
+        --models sgformer-s swin-t --rounds 3               # the training-cost targets
     python tools/analysis_tools/benchmark.py --models sgformer-tiny --sizes 64x64 --batch 1 \
         --repeats 1 --warmup 0                              # smoke run
     python tools/analysis_tools/benchmark.py --profile sgformer-s --modes train \
@@ -320,6 +328,32 @@ def measure(spec: dict, timeout: float) -> dict:
     return dict(spec, error=f'exit {proc.returncode}: {tail[0][:160]}')
 
 
+def combine_rounds(rounds: Sequence[Sequence[dict]]) -> List[dict]:
+    """One result per cell from ``rounds`` (each a list of the cells' results, in cell order).
+
+    A single round is returned as it is. Several: the median over rounds of the time, memory and
+    cpu figures (GMac/s recomputed from the median time), and ``round_step_s`` /
+    ``round_growth_mib``, the per-round values the table's ratios are taken from; a cell that
+    failed in any round is reported as failed."""
+    if len(rounds) == 1:
+        return list(rounds[0])
+    combined = []
+    for cell in zip(*rounds):
+        failed = [r for r in cell if 'error' in r]
+        if failed:
+            combined.append(failed[0])
+            continue
+        res = dict(cell[0], rounds=len(cell), times=[t for r in cell for t in r['times']],
+                   round_step_s=[r['step_s'] for r in cell],
+                   round_growth_mib=[r['growth_mib'] for r in cell])
+        for key in ('step_s', 'cpu_util', 'sys_share', 'peak_mib', 'growth_mib', 'base_mib'):
+            res[key] = statistics.median(r[key] for r in cell)
+        if res.get('gmac_step') is not None:
+            res['gmac_per_s'] = res['gmac_step'] / res['step_s']
+        combined.append(res)
+    return combined
+
+
 # --------------------------------------------------------------------------------------------
 # table
 
@@ -337,23 +371,37 @@ def _percent(v: Optional[float]) -> str:
     return 'n/a' if v is None else f'{100 * v:.0f}%'
 
 
+def _round_ratios(r: dict, ref: dict, key: str) -> Optional[List[float]]:
+    """Per-round ratios ``r / ref`` of ``round_<key>`` (seconds per image for ``step_s``), when
+    both were measured in the same rounds; else None."""
+    a, b = r.get('round_' + key), ref.get('round_' + key)
+    if not a or not b or len(a) != len(b) or min(b) <= 0:
+        return None
+    per = (r['batch'], ref['batch']) if key == 'step_s' else (1, 1)
+    return [(x / per[0]) / (y / per[1]) for x, y in zip(a, b)]
+
+
 def format_table(results: List[dict], reference: str = REFERENCE,
                  gemm_rate: Optional[float] = None) -> str:
     """One table of inference and training rows, with footnotes.
 
     Ratios are against the ``reference`` model (Swin-T, without ``with_cp``) of the same mode and
     input measured in the same run: ``time vs`` compares seconds per image (> 1 = slower),
-    ``growth vs`` the peak memory growth. Rows with a cpu share under 90% are marked ``!``.
-    ``gemm_rate`` (GMac/s of the reference GEMM, :func:`run_gemm_reference`) adds the ``GEMM
-    share`` column.
+    ``growth vs`` the peak memory growth. With several rounds (:func:`combine_rounds`) a ratio
+    is the median of the per-round ratios (each round's two cells ran close in time), and the
+    ``rounds`` column gives the lowest and highest per-round time ratio. Rows with a cpu share
+    under 90% are marked ``!``. ``gemm_rate`` (GMac/s of the reference GEMM,
+    :func:`run_gemm_reference`) adds the ``GEMM share`` column.
     """
     ref = {}
     for r in results:
         if 'error' not in r and r['model'] == reference and not r.get('with_cp'):
             ref[(r.get('mode', 'infer'), r['size_name'])] = r
     short = 'Swin-T' if reference == 'swin-t' else reference
+    n_rounds = max((r.get('rounds', 1) for r in results), default=1)
     head = (f"{'model':<18} {'mode':<5} {'input':>9} {'batch':>5} {'img/s':>8} {'s/step':>8} "
-            f"{'time vs ' + short:>14} {'GMac':>9} {'GMac/s':>8} {'peak MiB':>9} "
+            f"{'time vs ' + short:>14} " + (f"{'rounds':>11} " if n_rounds > 1 else '')
+            + f"{'GMac':>9} {'GMac/s':>8} {'peak MiB':>9} "
             f"{'growth MiB':>10} {'growth vs ' + short:>16} {'cpu':>5} {'sys':>4} {'params M':>9}"
             + (f" {'GEMM share':>10}" if gemm_rate else ''))
     lines = [head, '-' * len(head)]
@@ -367,9 +415,19 @@ def format_table(results: List[dict], reference: str = REFERENCE,
         train_rows += mode == 'train'
         per_img = r['step_s'] / r['batch']
         rr = ref.get((mode, r['size_name']))
-        speed = f"{per_img / (rr['step_s'] / rr['batch']):.2f}x" if rr else 'n/a'
-        mem = (f"{r['growth_mib'] / rr['growth_mib']:.2f}x"
-               if rr and rr['growth_mib'] > 0 else 'n/a')
+        times = _round_ratios(r, rr, 'step_s') if rr else None
+        growths = _round_ratios(r, rr, 'growth_mib') if rr else None
+        if times:
+            speed = f'{statistics.median(times):.2f}x'
+            spread = f'{min(times):.2f}-{max(times):.2f}'
+        else:
+            speed = f"{per_img / (rr['step_s'] / rr['batch']):.2f}x" if rr else 'n/a'
+            spread = 'n/a'
+        if growths:
+            mem = f'{statistics.median(growths):.2f}x'
+        else:
+            mem = (f"{r['growth_mib'] / rr['growth_mib']:.2f}x"
+                   if rr and rr['growth_mib'] > 0 else 'n/a')
         low = r['cpu_util'] < CPU_FLAG
         rate = r.get('gmac_per_s')
         gemm_share = None if rate is None or not gemm_rate else rate / gemm_rate
@@ -377,18 +435,24 @@ def format_table(results: List[dict], reference: str = REFERENCE,
         cpu = f"{100 * r['cpu_util']:.0f}%" + ('!' if low else ' ')
         lines.append(f"{row_name(r):<18} {mode:<5} {r['size_name']:>9} {r['batch']:>5} "
                      f"{1 / per_img:>8.3g} {r['step_s']:>8.4g} {speed:>14} "
-                     f"{_fmt(r.get('gmac_step'), '9.4g'):>9} "
+                     + (f'{spread:>11} ' if n_rounds > 1 else '')
+                     + f"{_fmt(r.get('gmac_step'), '9.4g'):>9} "
                      f"{_fmt(r.get('gmac_per_s'), '8.4g'):>8} {r['peak_mib']:>9.0f} "
                      f"{r['growth_mib']:>10.0f} {mem:>16} {cpu:>6} "
                      f"{_percent(r.get('sys_share')):>4} {r['params_m']:>9.2f}"
                      + (f" {_percent(gemm_share):>10}" if gemm_rate else ''))
     notes = [f'time / growth vs {short}: seconds per image / peak memory growth over those of '
-             f'{reference} in the same mode and input in this run (> 1 = slower / more).',
-             f'GMac: multiply-adds of one step (mmsgformer.analysis.flops on the cell\'s model '
-             f'and input); GMac/s = GMac / s/step.']
+             f'{reference} in the same mode and input in this run (> 1 = slower / more).']
+    if n_rounds > 1:
+        notes.append(f'{n_rounds} rounds, the cell order reversed every other round: s/step, '
+                     f'memory and cpu are medians over rounds, a ratio is the median of the '
+                     f'per-round ratios, rounds = its lowest-highest per-round time ratio.')
+    notes.append(f'GMac: multiply-adds of one step (mmsgformer.analysis.flops on the cell\'s '
+                 f'model and input); GMac/s = GMac / s/step.')
     if gemm_rate:
         notes.append(f'GEMM share: GMac/s over {gemm_rate:.1f} GMac/s, the rate of one float32 '
-                     f'{GEMM_SIZE}x{GEMM_SIZE} GEMM (torch.mm, same threads) in this run.')
+                     f'{GEMM_SIZE}x{GEMM_SIZE} GEMM (torch.mm, same threads) in this run'
+                     + (' (median over rounds).' if n_rounds > 1 else '.'))
     if train_rows:
         notes.append(f'train rows: GMac = {TRAIN_MAC_FACTOR}x the forward\'s multiply-adds '
                      f'(forward + backward).')
@@ -417,7 +481,10 @@ def describe_protocol(results: Sequence[dict], threads: int) -> str:
     how = ('glibc malloc defaults' if malloc == ['system'] else
            'malloc ' + '/'.join(malloc) + ' (' + ', '.join(
                f'{k}={v}' for m in malloc for k, v in MALLOC_ENV[m].items()) + ')')
-    return (f'CPU benchmark: torch.set_num_threads({threads}), one fresh process per row, '
+    n_rounds = max((r.get('rounds', 1) for r in results), default=1)
+    cells = ('one fresh process per row' if n_rounds == 1 else
+             f'one fresh process per row and round, {n_rounds} rounds')
+    return (f'CPU benchmark: torch.set_num_threads({threads}), {cells}, '
             f'{how}; ' + '; '.join(parts))
 
 
@@ -558,6 +625,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument('--malloc', choices=sorted(MALLOC_ENV), default='system',
                    help='system: glibc defaults (large blocks go back to the kernel on free); '
                         'retain: freed memory stays in the process (like a caching allocator)')
+    p.add_argument('--rounds', type=int, default=1,
+                   help='measure every cell this many times, the cell order reversed every other '
+                        'round; the table gives medians over rounds (default %(default)s)')
     p.add_argument('--threads', type=int, default=THREADS)
     p.add_argument('--timeout', type=float, default=1800., help='seconds per cell')
     p.add_argument('--json', help='also write all results to this JSON file')
@@ -582,6 +652,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
             p.error(f'--sizes: {e}')
     if args.batch is not None and args.batch < 1:
         p.error(f'--batch={args.batch} must be >= 1')
+    if args.rounds < 1:
+        p.error(f'--rounds={args.rounds} must be >= 1')
     return args
 
 
@@ -630,19 +702,27 @@ def main(argv: Optional[Sequence[str]] = None, emit: Callable[[str], None] = pri
             emit(breakdown(args.breakdown, size_name, args.batch, args.repeats or 3,
                            args.threads))
         return 0
-    results = []
-    for spec in cell_specs(args):
-        t0 = time.perf_counter()
-        res = measure(spec, args.timeout)
-        print(f"# {row_name(spec)} {spec['mode']} @ {spec['size_name']}: "
-              f"{res.get('error') or format(res['step_s'], '.3f') + ' s/step'} "
-              f'({time.perf_counter() - t0:.0f} s incl. start-up)', file=sys.stderr)
-        results.append(res)
-    gemm = None
-    if not args.no_gmac:  # the machine's GEMM rate, after the rows (same conditions)
-        gemm = measure(dict(kind='gemm', threads=args.threads, malloc=args.malloc),
-                       args.timeout)
-    gemm_rate = None if gemm is None or 'error' in gemm else gemm['gemm_gmac_per_s']
+    specs = cell_specs(args)
+    rounds, gemm_rates = [], []
+    for r in range(args.rounds):
+        order = list(range(len(specs)))[::-1 if r % 2 else 1]
+        results: List[Optional[dict]] = [None] * len(specs)
+        for i in order:
+            spec, t0 = specs[i], time.perf_counter()
+            res = measure(spec, args.timeout)
+            print(f"# {f'round {r + 1}/{args.rounds}: ' if args.rounds > 1 else ''}"
+                  f"{row_name(spec)} {spec['mode']} @ {spec['size_name']}: "
+                  f"{res.get('error') or format(res['step_s'], '.3f') + ' s/step'} "
+                  f'({time.perf_counter() - t0:.0f} s incl. start-up)', file=sys.stderr)
+            results[i] = res
+        rounds.append(results)
+        if not args.no_gmac:  # the machine's GEMM rate, after the round's rows (same conditions)
+            gemm = measure(dict(kind='gemm', threads=args.threads, malloc=args.malloc),
+                           args.timeout)
+            if 'error' not in gemm:
+                gemm_rates.append(gemm['gemm_gmac_per_s'])
+    results = combine_rounds(rounds)
+    gemm_rate = statistics.median(gemm_rates) if gemm_rates else None
     emit(describe_protocol(results, args.threads))
     emit(format_table(results, args.reference, gemm_rate))
     if args.json:  # the rows, each with the run's GEMM rate
