@@ -371,11 +371,18 @@ def _percent(v: Optional[float]) -> str:
     return 'n/a' if v is None else f'{100 * v:.0f}%'
 
 
-def _round_ratios(r: dict, ref: dict, key: str) -> Optional[List[float]]:
-    """Per-round ratios ``r / ref`` of ``round_<key>`` (seconds per image for ``step_s``), when
-    both were measured in the same rounds; else None."""
-    a, b = r.get('round_' + key), ref.get('round_' + key)
-    if not a or not b or len(a) != len(b) or min(b) <= 0:
+def _round_count(results: Sequence[dict]) -> int:
+    """How many rounds the results were measured in (1 unless :func:`combine_rounds` merged
+    several)."""
+    return max((r.get('rounds', 1) for r in results), default=1)
+
+
+def _ratios(r: dict, ref: dict, key: str) -> Optional[List[float]]:
+    """Ratios ``r / ref`` of ``key`` (seconds per image for ``step_s``): one per round
+    (``round_<key>``) for merged rounds, else the single one; None when the reference's value is
+    not positive."""
+    a, b = r.get('round_' + key, [r[key]]), ref.get('round_' + key, [ref[key]])
+    if len(a) != len(b) or min(b) <= 0:
         return None
     per = (r['batch'], ref['batch']) if key == 'step_s' else (1, 1)
     return [(x / per[0]) / (y / per[1]) for x, y in zip(a, b)]
@@ -398,7 +405,7 @@ def format_table(results: List[dict], reference: str = REFERENCE,
         if 'error' not in r and r['model'] == reference and not r.get('with_cp'):
             ref[(r.get('mode', 'infer'), r['size_name'])] = r
     short = 'Swin-T' if reference == 'swin-t' else reference
-    n_rounds = max((r.get('rounds', 1) for r in results), default=1)
+    n_rounds = _round_count(results)
     head = (f"{'model':<18} {'mode':<5} {'input':>9} {'batch':>5} {'img/s':>8} {'s/step':>8} "
             f"{'time vs ' + short:>14} " + (f"{'rounds':>11} " if n_rounds > 1 else '')
             + f"{'GMac':>9} {'GMac/s':>8} {'peak MiB':>9} "
@@ -415,19 +422,11 @@ def format_table(results: List[dict], reference: str = REFERENCE,
         train_rows += mode == 'train'
         per_img = r['step_s'] / r['batch']
         rr = ref.get((mode, r['size_name']))
-        times = _round_ratios(r, rr, 'step_s') if rr else None
-        growths = _round_ratios(r, rr, 'growth_mib') if rr else None
-        if times:
-            speed = f'{statistics.median(times):.2f}x'
-            spread = f'{min(times):.2f}-{max(times):.2f}'
-        else:
-            speed = f"{per_img / (rr['step_s'] / rr['batch']):.2f}x" if rr else 'n/a'
-            spread = 'n/a'
-        if growths:
-            mem = f'{statistics.median(growths):.2f}x'
-        else:
-            mem = (f"{r['growth_mib'] / rr['growth_mib']:.2f}x"
-                   if rr and rr['growth_mib'] > 0 else 'n/a')
+        times = _ratios(r, rr, 'step_s') if rr else None
+        growths = _ratios(r, rr, 'growth_mib') if rr else None
+        speed = f'{statistics.median(times):.2f}x' if times else 'n/a'
+        spread = f'{min(times):.2f}-{max(times):.2f}' if times else 'n/a'
+        mem = f'{statistics.median(growths):.2f}x' if growths else 'n/a'
         low = r['cpu_util'] < CPU_FLAG
         rate = r.get('gmac_per_s')
         gemm_share = None if rate is None or not gemm_rate else rate / gemm_rate
@@ -481,7 +480,7 @@ def describe_protocol(results: Sequence[dict], threads: int) -> str:
     how = ('glibc malloc defaults' if malloc == ['system'] else
            'malloc ' + '/'.join(malloc) + ' (' + ', '.join(
                f'{k}={v}' for m in malloc for k, v in MALLOC_ENV[m].items()) + ')')
-    n_rounds = max((r.get('rounds', 1) for r in results), default=1)
+    n_rounds = _round_count(results)
     cells = ('one fresh process per row' if n_rounds == 1 else
              f'one fresh process per row and round, {n_rounds} rounds')
     return (f'CPU benchmark: torch.set_num_threads({threads}), {cells}, '
