@@ -509,6 +509,43 @@ def test_conv_layout_is_official_only_where_the_official_code_runs():
         assert (plain_tokens - eval_tokens).abs().max().item() < 1e-12
 
 
+def test_groupnorm_in_place_on_channels_last_maps_without_gradient():
+    """Without a gradient, the GroupNorm (and GELU) of a channels-last conv output is computed in
+    the map itself and equals the modules' result (float64; float32 within GroupNorm's own
+    rounding, on a map with a large mean). NCHW maps (the official sizes), a gradient, the plain
+    path, reduced precision and other group counts keep the modules."""
+    from mmsgformer.models.fast_paths import norm_act_inplace
+    torch.manual_seed(0)
+    norm = nn.GroupNorm(1, 8)
+    nn.init.normal_(norm.weight)
+    nn.init.normal_(norm.bias)
+    for dtype, tol in ((torch.float64, 1e-12), (torch.float32, 1e-4)):
+        norm.to(dtype)
+        x = (torch.randn(3, 8, 9, 13, dtype=dtype) * 3 + 5).contiguous(
+            memory_format=torch.channels_last)
+        for act in (True, False):
+            expect = norm(x)
+            expect = nn.functional.gelu(expect) if act else expect
+            with torch.no_grad():
+                out = norm_act_inplace(norm, x.clone(), act)
+            assert out.is_contiguous(memory_format=torch.channels_last)
+            assert (out - expect).abs().max().item() < tol
+    norm.float()
+    x = torch.randn(2, 8, 9, 13).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        y = x.clone()
+        assert norm_act_inplace(norm, y, True).data_ptr() == y.data_ptr()  # in place
+        assert norm_act_inplace(norm, x.contiguous(), True) is None  # NCHW: official rounding
+        assert norm_act_inplace(nn.GroupNorm(2, 8), x.clone(), True) is None
+        assert norm_act_inplace(norm, x.clone().bfloat16(), True) is None
+        norm.fast_path = False
+        assert norm_act_inplace(norm, x.clone(), True) is None
+        norm.fast_path = True
+    assert norm_act_inplace(norm, x.clone(), True) is None  # autograd on, trainable norm
+    norm.requires_grad_(False)
+    assert norm_act_inplace(norm, x.clone(), True) is not None  # a frozen stage
+
+
 def test_inference_cache_follows_the_parameters_and_the_size():
     """Inference keeps the resized position table and the concatenated projection weights on the
     module; a new size, a parameter changed in place (a checkpoint load) or replaced computes

@@ -37,19 +37,23 @@ def conv_gn_chain(units: Sequence[ConvGN], x: torch.Tensor) -> torch.Tensor:
 
     Plain path: module by module. Fast path (training): each ``GroupNorm -> GELU -> next conv``
     is one :func:`~mmsgformer.models.fast_paths.norm_act_conv`, which stores only the conv
-    output before it; inference: GELUs in place.
+    output before it; inference: GELUs in place, and on channels-last maps the GroupNorm too
+    (:func:`~mmsgformer.models.fast_paths.norm_act_inplace`).
     """
-    first, rest = units[0], units[1:]
-    x = first.c(x)
-    for prev, unit in zip(units, rest):
-        fast = fast_paths.norm_act_conv(prev.bn, unit.c, x)
+    x = units[0].c(x)
+    for prev, unit in zip(units, units[1:]):
+        fast = fast_paths.norm_act_conv(prev.bn, unit.c, x)  # training
         if fast is not None:
             x = fast
-        elif not torch.is_grad_enabled() and fast_paths.use_fast_path(unit):
-            x = unit.c(torch.ops.aten.gelu_(prev.bn(x)))  # same values, one buffer less
-        else:
-            x = unit.c(nn.functional.gelu(prev.bn(x)))
-    return units[-1].bn(x)
+            continue
+        a = fast_paths.norm_act_inplace(prev.bn, x, act=True)  # inference, channels-last
+        if a is None and not torch.is_grad_enabled() and fast_paths.use_fast_path(unit):
+            a = torch.ops.aten.gelu_(prev.bn(x))  # same values, one buffer less
+        elif a is None:
+            a = nn.functional.gelu(prev.bn(x))
+        x = unit.c(a)
+    out = fast_paths.norm_act_inplace(units[-1].bn, x, act=False)
+    return units[-1].bn(x) if out is None else out
 
 
 class ConvStem(nn.Module):

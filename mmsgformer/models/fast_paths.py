@@ -30,7 +30,9 @@ Inference (autograd off):
 * the coarse branch in query chunks on large inputs (:func:`attention_and_key_mass`);
 * :func:`image_chunks`: the stem a few images at a time, so the per-chunk temporaries stay in
   cache; :func:`ffn_inference`: the whole FFN of large maps (``fc1`` included) in the bands of
-  rows of training.
+  rows of training;
+* :func:`norm_act_inplace`: the GroupNorm and GELU of channels-last conv outputs (stem and
+  downsamplings at sizes the official code cannot run) computed in the map itself.
 
 Under ``torch.compile`` the recomputing autograd functions give way to the plain path (the
 compiler plans its own recomputation), and so does the banded FFN under any tracing or export;
@@ -500,6 +502,44 @@ def norm_act_conv(norm: nn.GroupNorm, conv: nn.Conv2d, x: torch.Tensor) -> Optio
                               conv.stride[0], conv.padding[0], conv.groups)
 
 
+def norm_act_inplace(norm: nn.GroupNorm, x: torch.Tensor, act: bool) -> Optional[torch.Tensor]:
+    """``GELU(norm(x))`` (``norm(x)`` when ``act`` is false) computed in ``x`` itself, a conv
+    output ``(B, C, H, W)`` in channels-last layout, when no gradient is needed (inference, a
+    frozen stage); ``None`` otherwise (plain path, a gradient, tracing, reduced precision, NCHW
+    maps, ``norm`` not an affine ``GroupNorm(1, C)``).
+
+    The plain modules allocate a fresh map for the GroupNorm output: at 800x1344 the stem's
+    64-channel maps are 68 MB, which glibc maps fresh from the kernel on every call (above its
+    32 MB ``mmap`` threshold) and the first write faults in page by page. Here each image's mean
+    and variance come from one sum and one dot product over its values (the sum-of-squares form
+    of PyTorch's channels-last GroupNorm kernel), the affine map is applied in place, then the
+    GELU. Channels-last maps in inference are those of sizes the official code cannot run
+    (:func:`conv_memory_format`); at the official sizes the GroupNorm kernel's float32 rounding
+    is kept.
+    """
+    needs_grad = torch.is_grad_enabled() and any(
+        t.requires_grad for t in (x, norm.weight, norm.bias))
+    if (not use_fast_path(norm) or needs_grad or is_tracing()
+            or x.dtype not in (torch.float32, torch.float64) or x.dim() != 4
+            or norm.num_groups != 1 or not norm.affine or x.is_contiguous()
+            or not x.is_contiguous(memory_format=torch.channels_last)):
+        return None
+    B, C = x.shape[:2]
+    values = x.permute(0, 2, 3, 1).reshape(B, -1)  # a view: each image's values in a row
+    n = values.shape[1]
+    with torch.no_grad():
+        sums = torch.stack([v.sum() for v in values])
+        squares = torch.stack([torch.dot(v, v) for v in values])
+        mean = sums / n
+        rstd = (squares / n - mean * mean).clamp_min_(0).add_(norm.eps).rsqrt_()
+        scale = norm.weight.to(x.dtype)[None] * rstd[:, None]  # (B, C)
+        shift = norm.bias.to(x.dtype)[None] - mean[:, None] * scale
+        torch.addcmul(shift[:, :, None, None], x, scale[:, :, None, None], out=x)
+        if act:
+            torch.ops.aten.gelu_(x)
+    return x
+
+
 # ---------------------------------------------------------------------------------- layout
 
 
@@ -548,4 +588,5 @@ def image_chunks(module: nn.Module, x: torch.Tensor) -> Optional[List[torch.Tens
 
 
 __all__ = ['use_fast_path', 'inference_cache', 'project', 'attention_and_key_mass', 'ffn_bands',
-           'ffn_tail', 'ffn_inference', 'norm_act_conv', 'conv_memory_format', 'image_chunks']
+           'ffn_tail', 'ffn_inference', 'norm_act_conv', 'norm_act_inplace', 'conv_memory_format',
+           'image_chunks']
