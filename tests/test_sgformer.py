@@ -546,6 +546,52 @@ def test_groupnorm_in_place_on_channels_last_maps_without_gradient():
     assert norm_act_inplace(norm, x.clone(), True) is not None  # a frozen stage
 
 
+def test_stem_inference_writes_the_middle_conv_into_the_map_it_reads(monkeypatch):
+    """Inference at sizes the official code cannot run: the stem's middle conv runs in bands of
+    rows written back into the first conv's output, one image at a time. Outputs equal the plain
+    path's (float64; float32 within GroupNorm's rounding) for bands of one and of three rows, odd
+    sizes and several images; a gradient, NCHW input (official sizes), the plain path and
+    reduced precision keep the modules."""
+    from mmsgformer.models import fast_paths
+    from mmsgformer.models.blocks import ConvStem, conv_gn_chain
+    torch.manual_seed(0)
+    stem = ConvStem(8).eval()
+    for m in stem.modules():
+        if isinstance(m, nn.GroupNorm):
+            nn.init.normal_(m.weight)
+            nn.init.normal_(m.bias)
+    units = [stem.conv[0], stem.conv[2], stem.conv[4]]
+
+    def set_fast(enabled):
+        for m in stem.modules():
+            m.fast_path = enabled
+    for dtype, tol in ((torch.float64, 1e-12), (torch.float32, 1e-4)):
+        stem.to(dtype)
+        for shape, band_rows in (((1, 3, 33, 47), 1), ((3, 3, 50, 30), 3), ((2, 3, 3, 9), 1)):
+            x = (torch.randn(shape, dtype=dtype) * 3 + 2).contiguous(
+                memory_format=torch.channels_last)
+            width = -(-shape[3] // 2)
+            monkeypatch.setattr(fast_paths, '_STEM_BAND_ELEMS', band_rows * 8 * width)
+            with torch.no_grad():
+                fast = fast_paths.stem_inference(units, x)
+                tokens = stem(x)[0]
+                set_fast(False)
+                assert fast_paths.stem_inference(units, x) is None
+                plain_map, plain = conv_gn_chain(units, x), stem(x)[0]
+                set_fast(True)
+            assert fast.is_contiguous(memory_format=torch.channels_last)
+            assert (fast - plain_map).abs().max().item() < tol
+            assert (tokens - plain).abs().max().item() < tol
+    stem.float()
+    x = torch.randn(1, 3, 20, 24).contiguous(memory_format=torch.channels_last)
+    assert fast_paths.stem_inference(units, x) is None  # autograd on, trainable stem
+    with torch.no_grad():
+        assert fast_paths.stem_inference(units, x.contiguous()) is None  # NCHW: official rounding
+        assert fast_paths.stem_inference(units, x.bfloat16()) is None
+    stem.requires_grad_(False)
+    assert fast_paths.stem_inference(units, x) is not None  # a frozen stem
+
+
 def test_inference_cache_follows_the_parameters_and_the_size():
     """Inference keeps the resized position table and the concatenated projection weights on the
     module; a new size, a parameter changed in place (a checkpoint load) or replaced computes

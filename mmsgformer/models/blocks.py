@@ -82,8 +82,11 @@ class ConvStem(nn.Module):
         units = [self.conv[0], self.conv[2], self.conv[4]]
         layout = fast_paths.conv_memory_format(self, x, fast_paths.STEM_OFFICIAL_MULTIPLE)
         x = x.contiguous(memory_format=layout)
-        chunks = fast_paths.image_chunks(self, x)
-        if chunks is not None:  # inference on a batch: a few images at a time
+        banded = fast_paths.stem_inference(units, x)  # inference, channels-last
+        chunks = None if banded is not None else fast_paths.image_chunks(self, x)
+        if banded is not None:
+            x = banded
+        elif chunks is not None:  # inference on a batch: a few images at a time
             x = torch.cat([conv_gn_chain(units, c) for c in chunks])
         else:
             x = conv_gn_chain(units, x)

@@ -32,7 +32,9 @@ Inference (autograd off):
   cache; :func:`ffn_inference`: the whole FFN of large maps (``fc1`` included) in the bands of
   rows of training;
 * :func:`norm_act_inplace`: the GroupNorm and GELU of channels-last conv outputs (stem and
-  downsamplings at sizes the official code cannot run) computed in the map itself.
+  downsamplings at sizes the official code cannot run) computed in the map itself;
+  :func:`stem_inference`: there, the stem one image at a time, its middle conv in bands of rows
+  written back into the map it reads (no map of its own).
 
 Under ``torch.compile`` the recomputing autograd functions give way to the plain path (the
 compiler plans its own recomputation), and so does the banded FFN under any tracing or export;
@@ -517,12 +519,7 @@ def norm_act_inplace(norm: nn.GroupNorm, x: torch.Tensor, act: bool) -> Optional
     (:func:`conv_memory_format`); at the official sizes the GroupNorm kernel's float32 rounding
     is kept.
     """
-    needs_grad = torch.is_grad_enabled() and any(
-        t.requires_grad for t in (x, norm.weight, norm.bias))
-    if (not use_fast_path(norm) or needs_grad or is_tracing()
-            or x.dtype not in (torch.float32, torch.float64) or x.dim() != 4
-            or norm.num_groups != 1 or not norm.affine or x.is_contiguous()
-            or not x.is_contiguous(memory_format=torch.channels_last)):
+    if not _norm_in_place_allowed(norm, x):
         return None
     B, C = x.shape[:2]
     values = x.permute(0, 2, 3, 1).reshape(B, -1)  # a view: each image's values in a row
@@ -538,6 +535,65 @@ def norm_act_inplace(norm: nn.GroupNorm, x: torch.Tensor, act: bool) -> Optional
         if act:
             torch.ops.aten.gelu_(x)
     return x
+
+
+def _norm_in_place_allowed(norm: nn.GroupNorm, x: torch.Tensor) -> bool:
+    """Whether :func:`norm_act_inplace` computes ``norm(x)`` in ``x`` (see there)."""
+    needs_grad = torch.is_grad_enabled() and any(
+        t.requires_grad for t in (x, norm.weight, norm.bias))
+    return (use_fast_path(norm) and not needs_grad and not is_tracing()
+            and x.dtype in (torch.float32, torch.float64) and x.dim() == 4
+            and norm.num_groups == 1 and norm.affine and not x.is_contiguous()
+            and x.is_contiguous(memory_format=torch.channels_last))
+
+
+# The stem's middle conv runs in bands of about this many output values (8 MiB in float32).
+_STEM_BAND_ELEMS = 1 << 21
+
+
+def stem_inference(units: Sequence[nn.Module], x: torch.Tensor) -> Optional[torch.Tensor]:
+    """The stem's chain ``GN2(c2(GELU(GN1(c1(GELU(GN0(c0(x))))))))`` without autograd, one
+    image at a time, the middle conv written into the map it reads: ``units`` the three
+    conv+GroupNorm units (``unit.c``, ``unit.bn``), ``x (B, 3, Hi, Wi)`` channels-last ->
+    ``(B, C, H, W)`` channels-last. ``None`` where :func:`norm_act_inplace` does not apply
+    (a gradient, NCHW maps: the official sizes, the plain path, tracing, reduced precision) or
+    the units are not the stem's (``c0`` 3x3 stride 2 padding 1, ``c1`` 3x3 stride 1 padding 1).
+
+    ``c0`` runs with padding 3 on the top and bottom: two extra output rows, so its output
+    ``buf (1, C, H0 + 2, W0)`` holds the map in rows ``1..H0``. After its GroupNorm and GELU
+    (in place, statistics over those rows only) rows 0 and ``H0 + 1`` are zeroed: the zero
+    padding of ``c1``. Band ``[r0, r1)`` of ``c1``'s output reads rows ``[r0, r1 + 2)`` of
+    ``buf`` and is copied into rows ``[r0, r1)``, which no later band reads. ``c1``'s output
+    thus needs no map of its own (at 800x1344 it is 68 MB: above glibc's mmap threshold, a
+    fresh map is faulted in page by page on every call) and its temporaries stay in cache.
+    """
+    c0, c1 = units[0].c, units[1].c
+    shapes_ok = (c0.kernel_size == (3, 3) and c0.stride == (2, 2) and c0.padding == (1, 1)
+                 and c1.kernel_size == (3, 3) and c1.stride == (1, 1) and c1.padding == (1, 1)
+                 and c0.dilation == c1.dilation == (1, 1) and c0.groups == c1.groups == 1)
+    needs_grad = torch.is_grad_enabled() and (x.requires_grad or any(
+        p.requires_grad for u in units for p in u.parameters()))
+    if needs_grad or not shapes_ok or not all(
+            _norm_in_place_allowed(u.bn, x[:1]) for u in units):
+        return None
+    outs = []
+    with torch.no_grad():
+        for image in x.split(1):
+            buf = F.conv2d(image, c0.weight, c0.bias, 2, (3, 1))
+            H0 = buf.shape[2] - 2
+            norm_act_inplace(units[0].bn, buf[:, :, 1:H0 + 1], act=True)
+            buf[:, :, 0].zero_()
+            buf[:, :, H0 + 1].zero_()
+            rows = max(1, _STEM_BAND_ELEMS // (buf.shape[1] * buf.shape[3]))
+            for r0 in range(0, H0, rows):
+                r1 = min(r0 + rows, H0)
+                buf[:, :, r0:r1] = F.conv2d(buf[:, :, r0:r1 + 2], c1.weight, c1.bias, 1, (0, 1))
+            a = norm_act_inplace(units[1].bn, buf[:, :, :H0], act=True)
+            out = units[2].c(a)
+            outs.append(norm_act_inplace(units[2].bn, out, act=False)
+                        if _norm_in_place_allowed(units[2].bn, out) else units[2].bn(out))
+    return outs[0] if len(outs) == 1 else torch.cat(outs).contiguous(
+        memory_format=torch.channels_last)
 
 
 # ---------------------------------------------------------------------------------- layout
@@ -588,5 +644,5 @@ def image_chunks(module: nn.Module, x: torch.Tensor) -> Optional[List[torch.Tens
 
 
 __all__ = ['use_fast_path', 'inference_cache', 'project', 'attention_and_key_mass', 'ffn_bands',
-           'ffn_tail', 'ffn_inference', 'norm_act_conv', 'norm_act_inplace', 'conv_memory_format',
-           'image_chunks']
+           'ffn_tail', 'ffn_inference', 'norm_act_conv', 'norm_act_inplace', 'stem_inference',
+           'conv_memory_format', 'image_chunks']
