@@ -351,8 +351,10 @@ def _gradcheck_ffn_tail(batch: int, H: int, W: int, seed: int = 0) -> None:
     assert torch.autograd.gradcheck(lambda *a: _FFNTail.apply(z.detach(), H, W, *a), params)
 
 
-def test_fast_path_recompute_functions_gradcheck():
-    """float64 gradcheck of the two recomputing autograd functions."""
+def test_fast_path_recompute_functions_gradcheck(monkeypatch):
+    """float64 gradcheck of the two recomputing autograd functions; the conv link also one image
+    at a time (large batches), with the whole batch's output."""
+    from mmsgformer.models import fast_paths
     from mmsgformer.models.fast_paths import _NormActConv
     gen = torch.Generator().manual_seed(0)
 
@@ -374,6 +376,18 @@ def test_fast_path_recompute_functions_gradcheck():
     assert torch.autograd.gradcheck(
         lambda x: _NormActConv.apply(x, gw.detach(), gb.detach(), 1e-5, cw.detach(), 2, 1, 4),
         (image.clone().requires_grad_(True), ))
+    whole = _NormActConv.apply(image, gw, gb, 1e-5, cw, 2, 1, 4)
+    monkeypatch.setattr(fast_paths, '_NORM_ACT_SPLIT_ELEMS', 1)
+    assert fast_paths._norm_act_images(image) == [slice(0, 1), slice(1, 2)]
+    per_image = _NormActConv.apply(image, gw, gb, 1e-5, cw, 2, 1, 4)
+    assert per_image.is_contiguous(memory_format=torch.channels_last)
+    assert (per_image - whole).abs().max().item() < 1e-12
+    assert torch.autograd.gradcheck(
+        lambda x, gw, gb, cw: _NormActConv.apply(x, gw, gb, 1e-5, cw, 2, 1, 4),
+        (image.clone().requires_grad_(True), gw, gb, cw))
+    assert torch.autograd.gradcheck(
+        lambda gw, gb, cw: _NormActConv.apply(image, gw, gb, 1e-5, cw, 1, 1, 1),
+        (gw, gb, rand(3, 4, 3, 3)))
 
 
 def test_ffn_bands_cover_every_row_once(monkeypatch):

@@ -17,7 +17,8 @@ Training (autograd on):
   recompute the cheap element-wise / depthwise part in backward: the GELU input, the GELU output
   and the normalized map are never stored (design §4, "Memory"). On large maps the FFN tail
   runs per image in bands of rows (:func:`ffn_bands`), forward and backward, so its
-  ``(rows*W, 4C)`` temporaries stay in cache (design §4, "FFN in bands of rows");
+  ``(rows*W, 4C)`` temporaries stay in cache (design §4, "FFN in bands of rows"); the conv links
+  run one image at a time on large batches;
 * :func:`conv_memory_format`: the convs of the stem and the downsamplings run channels-last (in
   inference too, at sizes the official code cannot run).
 
@@ -448,42 +449,94 @@ def _tail_weights(mlp: nn.Module, dtype: torch.dtype) -> List[torch.Tensor]:
 # ---------------------------------------------------------------------------------- convs
 
 
+# The conv(GELU(GroupNorm(x))) links of training run one image at a time once the batch's map
+# has this many values (32 MiB in float32, glibc's largest mmap threshold): the normalized map
+# and the GroupNorm/GELU temporaries of forward and backward are then one image's, which the
+# allocator can reuse, where whole-batch ones are fresh pages faulted in on every step (at
+# 512x512, batch 4, the stem's are 67 MB each). Smaller batches (224 classification) are
+# faster as one piece.
+_NORM_ACT_SPLIT_ELEMS = 1 << 23
+
+
+def _norm_act_images(x: torch.Tensor) -> List[slice]:
+    """The batch slices :class:`_NormActConv` works on: every image alone for large maps."""
+    B = x.shape[0]
+    if B > 1 and x.numel() >= _NORM_ACT_SPLIT_ELEMS:
+        return [slice(i, i + 1) for i in range(B)]
+    return [slice(0, B)]
+
+
 class _NormActConv(torch.autograd.Function):
     """``conv(GELU(GroupNorm(1, C)(x)))`` saving ``x`` only; backward recomputes the normalized,
-    activated map (the conv's input) and takes the conv's gradients from it.
+    activated map (the conv's input) and takes the conv's gradients from it. Large maps go one
+    image at a time (:func:`_norm_act_images`), forward and backward.
 
     The GroupNorm and GELU run in float32 for float16/bfloat16 ``x`` (as under autocast), the
     conv in ``x``'s dtype (its weight is given in that dtype)."""
 
     @staticmethod
     def forward(ctx, x, gn_weight, gn_bias, eps, conv_weight, stride, padding, groups):
+        pieces = _norm_act_images(x)
         with torch.no_grad(), _no_autocast(x):
-            a = _norm_act(x, gn_weight, gn_bias, eps)
-            out = F.conv2d(a, conv_weight, None, stride, padding, 1, groups)
+            outs = [F.conv2d(_norm_act(x[p], gn_weight, gn_bias, eps), conv_weight, None,
+                             stride, padding, 1, groups) for p in pieces]
         ctx.save_for_backward(x, gn_weight, gn_bias, conv_weight)
         ctx.args = (eps, stride, padding, groups)
-        return out
+        if len(outs) == 1:
+            return outs[0]
+        return torch.cat(outs).contiguous(memory_format=_layout_of(outs[0]))
 
     @staticmethod
     def backward(ctx, grad_out):
         x, gn_weight, gn_bias, conv_weight = ctx.saved_tensors
         eps, stride, padding, groups = ctx.args
         need_x, need_gw, need_gb, _, need_cw = ctx.needs_input_grad[:5]
-        with torch.enable_grad(), _no_autocast(x):
-            leaves = [t.detach().requires_grad_(n) for t, n in
-                      ((x, need_x), (gn_weight, need_gw), (gn_bias, need_gb))]
-            a = _norm_act(leaves[0], leaves[1], leaves[2], eps)
-        need_a = any(t.requires_grad for t in leaves)
-        grad_a, grad_cw, _ = torch.ops.aten.convolution_backward(
-            grad_out.to(x.dtype), a.detach(), conv_weight, None, [stride] * 2, [padding] * 2,
-            [1, 1], False, [0, 0], groups, [need_a, need_cw, False])
-        grads = [None, None, None]
-        wanted = [t for t in leaves if t.requires_grad]
-        if wanted:
-            got = iter(torch.autograd.grad(a, wanted, grad_a))
-            grads = [next(got) if t.requires_grad else None for t in leaves]
-        return (grads[0], grads[1], grads[2], None, grad_cw if need_cw else None,
-                None, None, None)
+        grad_out = grad_out.to(x.dtype)
+        grad_x = torch.empty_like(x) if need_x else None
+        grad_gw = grad_gb = grad_cw = None
+        for p in _norm_act_images(x):
+            gx, ggw, ggb, gcw = _norm_act_conv_backward(
+                x[p], gn_weight, gn_bias, conv_weight, grad_out[p], eps, stride, padding, groups,
+                (need_x, need_gw, need_gb, need_cw))
+            if need_x:
+                grad_x[p] = gx
+            grad_gw = _accumulate(grad_gw, ggw)
+            grad_gb = _accumulate(grad_gb, ggb)
+            grad_cw = _accumulate(grad_cw, gcw)
+        return grad_x, grad_gw, grad_gb, None, grad_cw, None, None, None
+
+
+def _layout_of(t: torch.Tensor) -> torch.memory_format:
+    return (torch.channels_last if not t.is_contiguous()
+            and t.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format)
+
+
+def _accumulate(total: Optional[torch.Tensor], part: Optional[torch.Tensor]
+                ) -> Optional[torch.Tensor]:
+    return part if total is None or part is None else total.add_(part)
+
+
+def _norm_act_conv_backward(x, gn_weight, gn_bias, conv_weight, grad_out, eps, stride, padding,
+                            groups, needs):
+    """Gradients ``(x, GroupNorm weight, GroupNorm bias, conv weight)`` of
+    ``conv(GELU(GroupNorm(x)))`` for one piece of the batch (``None`` where not in ``needs``):
+    the conv input recomputed with autograd, the conv's gradients from ``convolution_backward``,
+    the rest by autograd over the recomputed GroupNorm and GELU."""
+    need_x, need_gw, need_gb, need_cw = needs
+    with torch.enable_grad(), _no_autocast(x):
+        leaves = [t.detach().requires_grad_(n) for t, n in
+                  ((x, need_x), (gn_weight, need_gw), (gn_bias, need_gb))]
+        a = _norm_act(leaves[0], leaves[1], leaves[2], eps)
+    need_a = any(t.requires_grad for t in leaves)
+    grad_a, grad_cw, _ = torch.ops.aten.convolution_backward(
+        grad_out, a.detach(), conv_weight, None, [stride] * 2, [padding] * 2,
+        [1, 1], False, [0, 0], groups, [need_a, need_cw, False])
+    grads = [None, None, None]
+    wanted = [t for t in leaves if t.requires_grad]
+    if wanted:
+        got = iter(torch.autograd.grad(a, wanted, grad_a))
+        grads = [next(got) if t.requires_grad else None for t in leaves]
+    return grads[0], grads[1], grads[2], grad_cw if need_cw else None
 
 
 def _norm_act(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
