@@ -83,11 +83,10 @@ class ConvStem(nn.Module):
         layout = fast_paths.conv_memory_format(self, x, fast_paths.STEM_OFFICIAL_MULTIPLE)
         x = x.contiguous(memory_format=layout)
         banded = fast_paths.stem_inference(units, x)  # inference, channels-last
-        chunks = None if banded is not None else fast_paths.image_chunks(self, x)
         if banded is not None:
             x = banded
-        elif chunks is not None:  # inference on a batch: a few images at a time
-            x = torch.cat([conv_gn_chain(units, c) for c in chunks])
+        elif (chunks := fast_paths.image_chunks(self, x)) is not None:
+            x = torch.cat([conv_gn_chain(units, c) for c in chunks])  # a few images at a time
         else:
             x = conv_gn_chain(units, x)
         _, _, H, W = x.shape
