@@ -581,9 +581,12 @@ def test_stem_inference_writes_the_middle_conv_into_the_map_it_reads(monkeypatch
             m.fast_path = enabled
     for dtype, tol in ((torch.float64, 1e-12), (torch.float32, 1e-4)):
         stem.to(dtype)
-        for shape, band_rows in (((1, 3, 33, 47), 1), ((3, 3, 50, 30), 3), ((2, 3, 3, 9), 1)):
+        for shape, band_rows in (((1, 3, 33, 47), 1), ((3, 3, 50, 30), 3), ((2, 3, 3, 9), 1),
+                                 ((1, 3, 2, 2), 1), ((1, 3, 20, 30), 2)):
             x = (torch.randn(shape, dtype=dtype) * 3 + 2).contiguous(
                 memory_format=torch.channels_last)
+            if shape[2] == 20:  # an image viewed from HWC data: batch stride 3, oneDNN's NCHW
+                x = (torch.randn(shape[2:] + (3, ), dtype=dtype) * 3 + 2).permute(2, 0, 1)[None]
             width = -(-shape[3] // 2)
             monkeypatch.setattr(fast_paths, '_STEM_BAND_ELEMS', band_rows * 8 * width)
             with torch.no_grad():
@@ -602,6 +605,9 @@ def test_stem_inference_writes_the_middle_conv_into_the_map_it_reads(monkeypatch
     with torch.no_grad():
         assert fast_paths.stem_inference(units, x.contiguous()) is None  # NCHW: official rounding
         assert fast_paths.stem_inference(units, x.bfloat16()) is None
+        with torch.autocast('cpu', dtype=torch.bfloat16):  # the convs would return bfloat16
+            assert fast_paths.stem_inference(units, x) is None
+            assert stem(x)[0].shape == (1, 30, 8)
     stem.requires_grad_(False)
     assert fast_paths.stem_inference(units, x) is not None  # a frozen stem
 

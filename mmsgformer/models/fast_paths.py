@@ -220,6 +220,16 @@ def attention_and_key_mass(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sc
 # ---------------------------------------------------------------------------------- FFN
 
 
+def _autocast_on(device: torch.device) -> bool:
+    """Whether autocast is on for ``device``'s type (the convs would return its dtype)."""
+    try:
+        return torch.is_autocast_enabled(device.type)  # torch >= 2.4
+    except TypeError:
+        if device.type == 'cpu':
+            return torch.is_autocast_cpu_enabled()
+        return torch.is_autocast_enabled()
+
+
 def _no_autocast(t: torch.Tensor):
     """A context without autocast on ``t``'s device: the recomputing functions below handle
     dtypes themselves, identically in forward and in the recomputation of backward."""
@@ -609,7 +619,8 @@ def stem_inference(units: Sequence[nn.Module], x: torch.Tensor) -> Optional[torc
     image at a time, the middle conv written into the map it reads: ``units`` the three
     conv+GroupNorm units (``unit.c``, ``unit.bn``), ``x (B, 3, Hi, Wi)`` channels-last ->
     ``(B, C, H, W)`` channels-last. ``None`` where :func:`norm_act_inplace` does not apply
-    (a gradient, NCHW maps: the official sizes, the plain path, tracing, reduced precision) or
+    (a gradient, NCHW maps: the official sizes, the plain path, tracing, reduced precision,
+    autocast) or
     the units are not the stem's (``c0`` 3x3 stride 2 padding 1, ``c1`` 3x3 stride 1 padding 1).
 
     ``c0`` runs with padding 3 on the top and bottom: two extra output rows, so its output
@@ -626,27 +637,37 @@ def stem_inference(units: Sequence[nn.Module], x: torch.Tensor) -> Optional[torc
                  and c0.dilation == c1.dilation == (1, 1) and c0.groups == c1.groups == 1)
     needs_grad = torch.is_grad_enabled() and (x.requires_grad or any(
         p.requires_grad for u in units for p in u.parameters()))
-    if needs_grad or not shapes_ok or not all(
+    if needs_grad or not shapes_ok or _autocast_on(x.device) or not all(
             _norm_in_place_allowed(u.bn, x[:1]) for u in units):
         return None
     outs = []
     with torch.no_grad():
         for image in x.split(1):
-            buf = F.conv2d(image, c0.weight, c0.bias, 2, (3, 1))
+            # (oneDNN picks NCHW for some strides of a size-1 batch: the layout is made sure of)
+            buf = F.conv2d(image, c0.weight, c0.bias, 2, (3, 1)).contiguous(
+                memory_format=torch.channels_last)
             H0 = buf.shape[2] - 2
-            norm_act_inplace(units[0].bn, buf[:, :, 1:H0 + 1], act=True)
+            _norm_act_into(units[0].bn, buf[:, :, 1:H0 + 1], act=True)
             buf[:, :, 0].zero_()
             buf[:, :, H0 + 1].zero_()
             rows = max(1, _STEM_BAND_ELEMS // (buf.shape[1] * buf.shape[3]))
             for r0 in range(0, H0, rows):
                 r1 = min(r0 + rows, H0)
                 buf[:, :, r0:r1] = F.conv2d(buf[:, :, r0:r1 + 2], c1.weight, c1.bias, 1, (0, 1))
-            a = norm_act_inplace(units[1].bn, buf[:, :, :H0], act=True)
-            out = units[2].c(a)
-            outs.append(norm_act_inplace(units[2].bn, out, act=False)
-                        if _norm_in_place_allowed(units[2].bn, out) else units[2].bn(out))
+            out = units[2].c(_norm_act_into(units[1].bn, buf[:, :, :H0], act=True))
+            outs.append(_norm_act_into(units[2].bn, out, act=False))
     return outs[0] if len(outs) == 1 else torch.cat(outs).contiguous(
         memory_format=torch.channels_last)
+
+
+def _norm_act_into(norm: nn.GroupNorm, x: torch.Tensor, act: bool) -> torch.Tensor:
+    """``GELU(norm(x))`` (``norm(x)`` without ``act``) written into ``x``: by
+    :func:`norm_act_inplace`, or for maps it leaves alone (a 1x1 map is NCHW-contiguous too)
+    by the module and a copy. No autograd."""
+    if norm_act_inplace(norm, x, act) is None:
+        y = norm(x)
+        x.copy_(F.gelu(y) if act else y)
+    return x
 
 
 # ---------------------------------------------------------------------------------- layout
