@@ -343,8 +343,10 @@ class _FFNTail(torch.autograd.Function):
     def backward(ctx, grad_out):
         # Written out instead of autograd over a recomputed graph, one piece at a time: the
         # piece's GELU input is rebuilt in its conv output and its gradient computed in place;
-        # only grad_z is a whole (B, N, 4C) tensor. A band's conv input includes the rows above
-        # and below it, so its input gradient is added into grad_z over those rows too.
+        # only grad_z is a whole (B, N, 4C) tensor. Each band writes its own rows of grad_z
+        # (no zero-filled buffer: the fill would fault in every page a second time); its conv
+        # input also holds the row above and the row below, whose gradients go into the band
+        # above (already written) and, held as a one-row carry, into the band below.
         z, dw_weight, dw_bias, fc2_weight = ctx.saved_tensors
         need_z, _, _, need_dww, need_dwb, need_w2, need_b2 = ctx.needs_input_grad
         H, W = ctx.hw
@@ -359,7 +361,8 @@ class _FFNTail(torch.autograd.Function):
             grad_b2 = grad_out.sum((0, 1)) if need_b2 else None
             grad_dww = torch.zeros_like(dw_weight) if need_dww else None
             grad_dwb = torch.zeros_like(dw_bias) if need_dwb else None
-            grad_z = None if whole or not need_z else torch.zeros_like(z)
+            grad_z = None if whole or not need_z else torch.empty_like(z)
+            carry = None  # the band above's input gradient at this band's first row
             zmap = tokens_to_map(z, H, W)
             for images, r0, r1 in pieces:
                 rows = slice(r0 * W, r1 * W)
@@ -383,10 +386,27 @@ class _FFNTail(torch.autograd.Function):
                 if need_z and whole:
                     grad_z = map_to_tokens(grad_x).add_(grad_u)
                 elif need_z:
-                    grad_z[images, rows] += grad_u
-                    a, b = max(top, 0), min(top + x.shape[2], H)
-                    tokens_to_map(grad_z, H, W)[images, :, a:b] += grad_x[:, :, a - top:b - top]
+                    carry = _write_band_grad(grad_z, H, W, images, r0, r1, top, grad_u,
+                                             grad_x, carry)
         return grad_z, None, None, grad_dww, grad_dwb, grad_w2, grad_b2
+
+
+def _write_band_grad(grad_z: torch.Tensor, H: int, W: int, images: slice, r0: int, r1: int,
+                     top: int, grad_u: torch.Tensor, grad_x: torch.Tensor,
+                     carry: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """Write rows ``[r0, r1)`` of ``grad_z (B, H*W, C4)`` for one band of ``images``: its
+    GELU-input gradient ``grad_u (b, n, C4)`` plus its conv-input gradient ``grad_x (b, C4,
+    rows, W)`` (row 0 = row ``top`` of the map) over them, plus ``carry`` (the band above's
+    gradient at row ``r0``). Adds ``grad_x``'s row ``r0 - 1`` into the band above and returns
+    its row ``r1`` (``None`` at the image's last row) as the next band's carry."""
+    own = grad_z[images, r0 * W:r1 * W]
+    torch.add(grad_u, map_to_tokens(grad_x[:, :, r0 - top:r1 - top]), out=own)
+    gz = tokens_to_map(grad_z, H, W)[images]
+    if carry is not None:
+        gz[:, :, r0] += carry
+    if r0 > 0:
+        gz[:, :, r0 - 1] += grad_x[:, :, r0 - 1 - top]
+    return grad_x[:, :, r1 - top].clone() if r1 < H else None
 
 
 def ffn_tail(mlp: nn.Module, z: torch.Tensor, H: int, W: int) -> Optional[torch.Tensor]:
