@@ -110,6 +110,12 @@ LEGACY_SCRIPT = textwrap.dedent('''
         OP.sg_aggregate(x.to('meta'), order.to('meta'), w.to('meta'), b.to('meta')[:1], *args)
     except ValueError as err:
         print('meta_error', err)
+    q, k, v = (torch.randn(1, 2, n, 32, dtype=torch.float64, requires_grad=True)
+               for n in (5, 7, 7))
+    print('attention_gradcheck', torch.autograd.gradcheck(
+        lambda a, b, c: OP.dot_product_attention(a, b, c, 0.3), (q, k, v)))
+    meta = OP.dot_product_attention(q.to('meta'), k.to('meta'), v.to('meta'), 0.3)
+    print('attention_meta', tuple(meta.shape), tuple(meta.stride()))
 ''')
 
 
@@ -126,6 +132,8 @@ def test_legacy_registration_path_on_this_torch():
     shape, device, num_out = lines['meta_shape'].rsplit(' ', 2)
     assert (shape, device) == (f'(2, {num_out}, 3)', 'meta')
     assert 'bias must have shape (3,)' in lines['meta_error']
+    assert lines['attention_gradcheck'] == 'True'
+    assert lines['attention_meta'] == '(1, 2, 5, 32) (320, 32, 64, 1)'
 
 
 def test_op_library_that_does_not_load_warns_once(monkeypatch):

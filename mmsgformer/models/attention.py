@@ -273,7 +273,7 @@ class SelfGuidedAttention(_LePEProj):
         kv2 = self.kv2(agg_col).reshape(B, Nk, 2, g, d).permute(2, 0, 3, 1, 4)
         k = torch.cat([kv1[0], kv2[0]], dim=1)
         v = torch.cat([kv1[1], kv2[1]], dim=1)
-        o = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
+        o = fast_paths.attention(self, q, k, v, self.scale)
         o = o.transpose(1, 2).reshape(B, N, C)
         return self._tail(o, lin, H, W), None
 
@@ -300,7 +300,7 @@ class StandardAttention(_LePEProj):
         q, kv, lin = fast_paths.project(self, y, ('q', ), ('kv', ), ('lepe_linear', ))
         q = q.reshape(B, N, h, d).transpose(1, 2)
         kv = kv.reshape(B, N, 2, h, d).permute(2, 0, 3, 1, 4)
-        o = F.scaled_dot_product_attention(q, kv[0], kv[1], scale=self.scale)
+        o = fast_paths.attention(self, q, kv[0], kv[1], self.scale)
         o = o.transpose(1, 2).reshape(B, N, C)
         return self._tail(o, lin, H, W), None
 

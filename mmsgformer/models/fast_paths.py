@@ -28,6 +28,9 @@ Inference (autograd off):
   registered: the state dict is unchanged): the concatenated weights of :func:`project`, the
   position table resized to the input's grid;
 * :func:`project`: one GEMM for the projections that read the same tokens;
+* :func:`attention` (self-guided and standard blocks): the compiled CPU kernel
+  ``mmsgformer::dot_product_attention`` where its AVX-512 path applies (float32, head
+  dimension 32; design §18), else ``F.scaled_dot_product_attention`` as on the plain path;
 * the coarse branch in query chunks on large inputs (:func:`attention_and_key_mass`);
 * :func:`image_chunks`: the stem a few images at a time, so the per-chunk temporaries stay in
   cache; :func:`ffn_inference`: the whole FFN of large maps (``fc1`` included) in the bands of
@@ -47,6 +50,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .. import ops
 from .common import add_fresh, is_symbolic, map_to_tokens, tokens_to_map
 
 T = TypeVar('T')
@@ -137,6 +141,21 @@ def project(module: nn.Module, y: torch.Tensor,
 
 
 # ---------------------------------------------------------------------------------- attention
+
+
+def attention(module: nn.Module, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+              scale: float) -> torch.Tensor:
+    """``softmax(scale * q k^T) v`` of the self-guided and standard blocks: ``q (B, h, Nq, d)``,
+    ``k, v (B, h, Nk, d)`` -> ``(B, h, Nq, d)``.
+
+    The plain path is ``F.scaled_dot_product_attention``. The fast path, in inference on the
+    CPU (float32, ``d = 32``, AVX-512), is the compiled kernel ``mmsgformer::dot_product_attention``
+    (design §18), which beats PyTorch's flash kernel at ``d = 32``. While compiling, tracing or
+    exporting, and wherever a gradient is needed, PyTorch's kernel runs.
+    """
+    if use_fast_path(module) and not is_tracing() and ops.vector_kernel_applies(q, k, v):
+        return ops.dot_product_attention(q, k, v, scale, impl='op')
+    return F.scaled_dot_product_attention(q, k, v, scale=scale)
 
 # Inference: above this many score elements the coarse branch runs in query chunks (never at
 # 224/448 with ordinary batches, so the official operation order is kept there). Training: the

@@ -1,4 +1,5 @@
-"""Significance-guided key/value aggregation: the op's Python face.
+"""The custom ops' Python face: significance-guided key/value aggregation (here) and
+dot-product attention (:mod:`.attention`, design §18).
 
 ``sg_aggregate`` dispatches to the compiled ``torch.ops.mmsgformer.sg_aggregate`` when the
 extension is built, and to the pure-PyTorch reference otherwise (or when asked). The contract
@@ -16,11 +17,15 @@ import warnings
 import torch
 
 from ..compat import is_compiling  # torch.compiler.is_compiling needs torch >= 2.3
+from .attention import (ATTENTION_IMPLS, dot_product_attention, dot_product_attention_reference,
+                        vector_kernel_applies)
 from .layout import SegmentLayout, group_sizes_for, segment_layout
 from .reference import sg_aggregate_reference
 
 __all__ = ['SegmentLayout', 'segment_layout', 'group_sizes_for', 'sg_aggregate',
-           'sg_aggregate_reference', 'op_available', 'set_debug', 'debug_enabled', 'IMPLS']
+           'sg_aggregate_reference', 'op_available', 'set_debug', 'debug_enabled', 'IMPLS',
+           'dot_product_attention', 'dot_product_attention_reference', 'vector_kernel_applies',
+           'ATTENTION_IMPLS']
 
 IMPLS = ('auto', 'op', 'reference')
 
@@ -55,7 +60,8 @@ def op_available() -> bool:
     except ImportError as err:
         _warn_unloadable(err)
         return False
-    return hasattr(torch.ops.mmsgformer, 'sg_aggregate')
+    return (hasattr(torch.ops.mmsgformer, 'sg_aggregate')
+            and hasattr(torch.ops.mmsgformer, 'dot_product_attention'))
 
 
 _warned = False

@@ -1,18 +1,20 @@
-"""Python-side registration of the compiled ``mmsgformer::sg_aggregate`` ops.
+"""Python-side registration of the compiled ``mmsgformer::*`` ops.
 
 Importing this module loads the extension ``mmsgformer._C`` (whose static initializers define the
 ops and their CPU/CUDA kernels) and registers what the dispatcher needs from Python:
 
-* fake (meta) kernels for ``sg_aggregate`` and ``sg_aggregate_backward``, so ``torch.compile``
-  and FakeTensor tracing see the output shapes without running the kernels;
-* the autograd formula: gradients to ``tokens``, ``weight`` and ``bias`` (none to ``order``).
-  Only ``tokens``, ``order`` and ``weight`` are saved for backward, never a permuted copy of the
-  tokens.
+* fake (meta) kernels for ``sg_aggregate``, ``sg_aggregate_backward`` and
+  ``dot_product_attention``, so ``torch.compile`` and FakeTensor tracing see the output shapes
+  without running the kernels;
+* the autograd formulas: for ``sg_aggregate`` gradients to ``tokens``, ``weight`` and ``bias``
+  (none to ``order``; only ``tokens``, ``order`` and ``weight`` are saved for backward, never a
+  permuted copy of the tokens); for ``dot_product_attention`` gradients to ``q``, ``k`` and
+  ``v`` (design §18: the model uses the op in inference only).
 
 On torch >= 2.4 both go through ``torch.library.register_fake`` / ``register_autograd``. Older
 torch (2.1-2.3) lacks them: the same fake functions become Python ``Meta`` kernels and the same
 formula a Python ``Autograd`` kernel running :class:`SgAggregateFunction`, both registered with
-``torch.library.Library``; ``torch.ops.mmsgformer.sg_aggregate`` is differentiable either way.
+``torch.library.Library``; both ops are differentiable either way.
 ``MMSGFORMER_LEGACY_REGISTRATION=1`` selects the older path on new torch (to test it).
 
 It raises ImportError when the extension is not built.
@@ -138,14 +140,97 @@ def _autograd_kernel(tokens: torch.Tensor, order: torch.Tensor, weight: torch.Te
                                      group_sizes)
 
 
+# ------------------------------------------------------------------ dot_product_attention
+
+
+def _attention_fake(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                    scale: float) -> torch.Tensor:
+    """Shape checks of the C++ op on metadata; the output has the kernel's memory layout
+    ``(B, Nq, H, D)``, seen as ``(B, H, Nq, D)``."""
+    op = 'dot_product_attention'
+    if q.dim() != 4:
+        raise ValueError(f'{op}: q must be (B, H, Nq, D), got shape {tuple(q.shape)}')
+    if q.dtype not in (torch.float32, torch.float64):
+        raise ValueError(f'{op}: dtype must be float32 or float64, got {q.dtype}')
+    for name, t in (('k', k), ('v', v)):
+        if t.dim() != 4:
+            raise ValueError(f'{op}: {name} must be (B, H, N, D), got shape {tuple(t.shape)}')
+        if t.dtype != q.dtype:
+            raise ValueError(f'{op}: {name} dtype {t.dtype} must equal q dtype {q.dtype}')
+        if t.device != q.device:
+            raise ValueError(f'{op}: {name} is on {t.device} but q is on {q.device}')
+        torch._check(t.shape[0] == q.shape[0] and t.shape[1] == q.shape[1]
+                     and t.shape[3] == q.shape[3],
+                     lambda: f'{op}: {name} must be (B, H, Nk, D) like q {tuple(q.shape)}, '
+                             f'got {tuple(t.shape)}')
+    torch._check(k.shape[2] == v.shape[2], lambda: f'{op}: k has {k.shape[2]} keys but v has '
+                                                   f'{v.shape[2]} values')
+    B, H, Nq, D = q.shape
+    return q.new_empty((B, Nq, H, D)).transpose(1, 2)
+
+
+def _attention_setup_context(ctx, inputs, output) -> None:
+    q, k, v, scale = inputs
+    ctx.save_for_backward(q, k, v, output)
+    ctx.scale = scale
+
+
+def _attention_backward(ctx, grad_out: torch.Tensor):
+    """The formulas of ``csrc/dot_product_attention.h``, in PyTorch operations. They hold the
+    ``(B, H, Nq, Nk)`` probabilities: this backward is there for completeness and for checking
+    (gradcheck); training takes ``F.scaled_dot_product_attention``, whose flash backward does not
+    hold them (design §18)."""
+    q, k, v, out = ctx.saved_tensors
+    scale = ctx.scale
+    probs = torch.softmax((q * scale) @ k.transpose(-2, -1), dim=-1)
+    grad_v = probs.transpose(-2, -1) @ grad_out
+    grad_probs = grad_out @ v.transpose(-2, -1)
+    row_dot = (grad_out * out).sum(-1, keepdim=True)  # = rowsum(dP * P)
+    grad_scores = probs * (grad_probs - row_dot) * scale
+    grad_q = grad_scores @ k
+    grad_k = grad_scores.transpose(-2, -1) @ q
+    need_q, need_k, need_v = ctx.needs_input_grad[:3]
+    return (grad_q if need_q else None, grad_k if need_k else None,
+            grad_v if need_v else None, None)
+
+
+class DotProductAttentionFunction(torch.autograd.Function):
+    """``dot_product_attention`` with the formula of :func:`_attention_backward`, for torch
+    without ``register_autograd``."""
+
+    @staticmethod
+    def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                scale: float) -> torch.Tensor:
+        """``q (B, H, Nq, D)``, ``k, v (B, H, Nk, D)`` -> ``(B, H, Nq, D)``."""
+        with torch._C._AutoDispatchBelowAutograd():
+            out = torch.ops.mmsgformer.dot_product_attention(q, k, v, scale)
+        _attention_setup_context(ctx, (q, k, v, scale), out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        return _attention_backward(ctx, grad_out)
+
+
+def _attention_autograd_kernel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                               scale: float) -> torch.Tensor:
+    """The ``Autograd`` dispatch-key kernel of ``dot_product_attention`` on torch < 2.4."""
+    return DotProductAttentionFunction.apply(q, k, v, scale)
+
+
 if LEGACY:
     # Kept alive for the life of the process: the registrations go when the Library is freed.
     _LIB = torch.library.Library('mmsgformer', 'IMPL')
     _LIB.impl('sg_aggregate', _sg_aggregate_fake, 'Meta')
     _LIB.impl('sg_aggregate_backward', _sg_aggregate_backward_fake, 'Meta')
     _LIB.impl('sg_aggregate', _autograd_kernel, 'Autograd')
+    _LIB.impl('dot_product_attention', _attention_fake, 'Meta')
+    _LIB.impl('dot_product_attention', _attention_autograd_kernel, 'Autograd')
 else:
     torch.library.register_fake('mmsgformer::sg_aggregate', _sg_aggregate_fake)
     torch.library.register_fake('mmsgformer::sg_aggregate_backward', _sg_aggregate_backward_fake)
     torch.library.register_autograd('mmsgformer::sg_aggregate', _backward,
                                     setup_context=_setup_context)
+    torch.library.register_fake('mmsgformer::dot_product_attention', _attention_fake)
+    torch.library.register_autograd('mmsgformer::dot_product_attention', _attention_backward,
+                                    setup_context=_attention_setup_context)

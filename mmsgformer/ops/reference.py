@@ -45,3 +45,18 @@ def sg_aggregate_reference(tokens: torch.Tensor, order: torch.Tensor, weight: to
         seg = seg.reshape(B, count, g, C).transpose(2, 3)
         outs.append(F.linear(seg, w_k, bias[k:k + 1]).squeeze(-1))
     return torch.cat(outs, dim=1)
+
+
+def dot_product_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                                    scale: float) -> torch.Tensor:
+    """``softmax(scale * q k^T) v`` spelled out: the full ``(B, H, Nq, Nk)`` probabilities.
+
+    Args:
+        q: ``(B, H, Nq, D)`` queries.
+        k, v: ``(B, H, Nk, D)`` keys and values.
+        scale: the logit scale (``D ** -0.5`` in SG-Former).
+
+    Returns:
+        ``(B, H, Nq, D)``.
+    """
+    return torch.softmax((q @ k.transpose(-2, -1)) * scale, dim=-1) @ v

@@ -1,0 +1,76 @@
+"""Scaled dot-product attention without a mask: the Python face of the compiled CPU kernel.
+
+``softmax(scale * q k^T) v`` is what the self-guided blocks and stage 4 compute.
+``torch.ops.mmsgformer.dot_product_attention`` computes it on the CPU; its AVX-512 path (float32,
+head dimension 32: every SG-Former-S/M head, and all but stage 1 of SG-Former-B) is faster than
+PyTorch's flash kernel there. The contract, the formulas and the measurements are
+docs/design.md §18.
+"""
+from typing import Dict
+
+import torch
+import torch.nn.functional as F
+
+from .reference import dot_product_attention_reference
+
+__all__ = ['dot_product_attention', 'dot_product_attention_reference', 'cpu_kernel',
+           'vector_kernel_applies', 'ATTENTION_IMPLS']
+
+ATTENTION_IMPLS = ('auto', 'op', 'reference', 'torch')
+
+_kernel_by_head_dim: Dict[int, str] = {}
+
+
+def cpu_kernel(head_dim: int) -> str:
+    """Which CPU kernel the compiled op runs for float32 and ``head_dim``: ``'avx512'``,
+    ``'portable'``, or ``'none'`` when the extension is not built."""
+    from . import op_available
+    if head_dim not in _kernel_by_head_dim:
+        _kernel_by_head_dim[head_dim] = (
+            torch.ops.mmsgformer.dot_product_attention_cpu_kernel(head_dim)
+            if op_available() else 'none')
+    return _kernel_by_head_dim[head_dim]
+
+
+def vector_kernel_applies(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
+    """Whether the op's AVX-512 path serves this call and no gradient is needed: float32 CPU
+    tensors, head dimension 32, a CPU with AVX-512, autograd off or not recording these."""
+    if q.device.type != 'cpu' or q.dtype != torch.float32 or q.dim() != 4:
+        return False
+    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+        return False
+    return cpu_kernel(q.shape[-1]) == 'avx512'
+
+
+def dot_product_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
+                          impl: str = 'auto') -> torch.Tensor:
+    """``softmax(scale * q k^T) v``.
+
+    Args:
+        q: ``(B, H, Nq, D)`` queries (any strides).
+        k, v: ``(B, H, Nk, D)`` keys and values.
+        scale: the logit scale.
+        impl: ``'auto'``: the compiled op where its AVX-512 path applies
+            (:func:`vector_kernel_applies`), else ``F.scaled_dot_product_attention``;
+            ``'op'``: the compiled op (CPU, float32/float64; error if not built); ``'torch'``:
+            ``F.scaled_dot_product_attention``; ``'reference'``: the spelled-out softmax.
+
+    Returns:
+        ``(B, H, Nq, D)``; from the op its memory is ``(B, Nq, H, D)`` (PyTorch's flash
+        kernel's layout), so ``out.transpose(1, 2).reshape(B, Nq, H * D)`` copies nothing.
+    """
+    if impl not in ATTENTION_IMPLS:
+        raise ValueError(f'impl={impl!r} must be one of {ATTENTION_IMPLS}')
+    if impl == 'reference':
+        return dot_product_attention_reference(q, k, v, scale)
+    if impl == 'op' or (impl == 'auto' and vector_kernel_applies(q, k, v)):
+        from . import op_available
+        if q.device.type != 'cpu':
+            raise ValueError(f"impl='op': q is on {q.device} but the op has only a CPU kernel "
+                             f"(use impl='torch', F.scaled_dot_product_attention, there)")
+        if not op_available():
+            raise RuntimeError("impl='op' but the mmsgformer C++ extension is not built; "
+                               "reinstall with `pip install -e . --no-build-isolation "
+                               "--use-pep517`")
+        return torch.ops.mmsgformer.dot_product_attention(q, k, v, float(scale))
+    return F.scaled_dot_product_attention(q, k, v, scale=scale)

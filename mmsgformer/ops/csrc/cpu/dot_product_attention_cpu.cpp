@@ -1,0 +1,332 @@
+// CPU kernels of mmsgformer::dot_product_attention (docs/design.md §18; formulas in
+// ../dot_product_attention.h).
+//
+// Portable kernel (any float dtype and head dimension): one work item per query row; it
+// writes the row's scores, takes their maximum, exponentiates and sums them, and accumulates
+// the value rows weighted by the probabilities, all in the accumulation type.
+//
+// AVX-512 kernel (float32, D = 32, CPUs with AVX-512F; chosen at run time): the keys of each
+// (b, h) are first packed into panels of 16 keys (panel[d][16]), so a score tile is a register
+// GEMM: for a tile of R <= 12 query rows and 32 keys, each of the 32 dimensions costs two
+// panel loads and 2R fused multiply-adds into 2R accumulators. The keys are walked in chunks of
+// kChunk; each chunk's R x kChunk scores stay in an L1 buffer, go through the online softmax
+// (base-2 exponent: the queries are scaled by scale * log2(e)) and are multiplied into the
+// R x 32 output tile (2R accumulators again). Neither kernel ever holds an (Nq, Nk) matrix.
+//
+// Why: at D = 32 PyTorch's flash kernel spends one exponential per 32 multiply-adds and runs
+// its score GEMMs through a general BLAS call; this kernel keeps every score tile in registers
+// and needs no call per tile (SG-Former-S at 800x1344: 73 -> ~52 ms per stage-3 self-guided
+// block, `tools/analysis_tools/benchmark.py --breakdown`).
+#include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "../dot_product_attention.h"
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define MMSG_HAVE_AVX512_PATH 1
+#include <immintrin.h>
+#define MMSG_AVX512 __attribute__((target("avx512f")))
+#else
+#define MMSG_HAVE_AVX512_PATH 0
+#endif
+
+namespace mmsgformer {
+
+namespace {
+
+// ------------------------------------------------------------------------- portable kernel
+
+template <typename scalar_t>
+void portable_kernel(const AttentionInputs& in, at::Tensor& out) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const at::Tensor &q = in.q, &k = in.k, &v = in.v;
+  const int64_t B = q.size(0), H = q.size(1), Nq = q.size(2), D = q.size(3), Nk = k.size(2);
+  if (B * H * Nq == 0) return;
+  const scalar_t* qd = q.data_ptr<scalar_t>();
+  const scalar_t* kd = k.data_ptr<scalar_t>();
+  const scalar_t* vd = v.data_ptr<scalar_t>();
+  scalar_t* od = out.data_ptr<scalar_t>();
+  const acc_t scale = static_cast<acc_t>(in.scale);
+  const int64_t grain = std::max<int64_t>(1, at::internal::GRAIN_SIZE / (2 * Nk * D));
+
+  at::parallel_for(0, B * H * Nq, grain, [&](int64_t r0, int64_t r1) {
+    std::vector<acc_t> score(Nk), acc(D);
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t bh = r / Nq, i = r - bh * Nq, b = bh / H, h = bh - b * H;
+      const scalar_t* qi = qd + b * q.stride(0) + h * q.stride(1) + i * q.stride(2);
+      const scalar_t* kb = kd + b * k.stride(0) + h * k.stride(1);
+      const scalar_t* vb = vd + b * v.stride(0) + h * v.stride(1);
+      acc_t m = -std::numeric_limits<acc_t>::infinity();
+      for (int64_t j = 0; j < Nk; ++j) {
+        const scalar_t* kj = kb + j * k.stride(2);
+        acc_t s = 0;
+        for (int64_t d = 0; d < D; ++d) s += static_cast<acc_t>(qi[d]) * kj[d];
+        score[j] = s * scale;
+        m = std::max(m, score[j]);
+      }
+      acc_t l = 0;
+      std::fill(acc.begin(), acc.end(), acc_t(0));
+      for (int64_t j = 0; j < Nk; ++j) {
+        const acc_t p = std::exp(score[j] - m);
+        l += p;
+        const scalar_t* vj = vb + j * v.stride(2);
+        for (int64_t d = 0; d < D; ++d) acc[d] += p * vj[d];
+      }
+      scalar_t* oi = od + b * out.stride(0) + h * out.stride(1) + i * out.stride(2);
+      for (int64_t d = 0; d < D; ++d) oi[d] = static_cast<scalar_t>(acc[d] / l);
+    }
+  });
+}
+
+#if MMSG_HAVE_AVX512_PATH
+// --------------------------------------------------------------------------- AVX-512 kernel
+
+constexpr int kD = static_cast<int>(kVectorHeadDim);
+constexpr int kPanel = 16;     // keys per packed panel (one zmm register)
+constexpr int kChunk = 256;    // keys per online-softmax step (a multiple of 2 * kPanel)
+constexpr int kTileRows = 12;  // query rows per register tile
+constexpr int kTaskRows = 4 * kTileRows;  // query rows per parallel work item
+
+bool cpu_has_avx512() {
+  static const bool has = __builtin_cpu_supports("avx512f");
+  return has;
+}
+
+// 2^x for x <= 0 (to float32 rounding): 2^n * p(f) with n = round(x), f = x - n in
+// [-0.5, 0.5] and p the degree-6 Taylor polynomial of exp(f ln 2) (relative error < 1e-7).
+MMSG_AVX512 inline __m512 exp2_ps(__m512 x) {
+  x = _mm512_max_ps(x, _mm512_set1_ps(-127.f));
+  const __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m512 f = _mm512_sub_ps(x, n);
+  __m512 p = _mm512_set1_ps(1.5403530393381606e-4f);
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.3333558146428443e-3f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.6181291076284772e-3f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.5504108664821580e-2f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.24022650695910071f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.69314718055994531f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.f));
+  return _mm512_scalef_ps(p, n);
+}
+
+// keys (Nk, kD) with row stride `ld` -> panels[Nk_padded / kPanel][kD][kPanel], zero padded.
+void pack_keys(const float* keys, int64_t ld, int64_t Nk, int64_t Nk_padded, float* panels) {
+  for (int64_t p = 0; p < Nk_padded / kPanel; ++p) {
+    float* dst = panels + p * kD * kPanel;
+    for (int t = 0; t < kPanel; ++t) {
+      const int64_t j = p * kPanel + t;
+      for (int d = 0; d < kD; ++d) dst[d * kPanel + t] = j < Nk ? keys[j * ld + d] : 0.f;
+    }
+  }
+}
+
+// scores[r][0 : 16 * num_panels] = <q[r], key> for R query rows (q: R x kD, contiguous).
+template <int R>
+MMSG_AVX512 void score_tile(const float* q, const float* panels, int num_panels,
+                            float* scores) {
+  for (int p = 0; p < num_panels; p += 2) {
+    __m512 acc0[R], acc1[R];
+    for (int r = 0; r < R; ++r) acc0[r] = acc1[r] = _mm512_setzero_ps();
+    const float* k0 = panels + static_cast<int64_t>(p) * kD * kPanel;
+    const float* k1 = k0 + kD * kPanel;
+    for (int d = 0; d < kD; ++d) {
+      const __m512 b0 = _mm512_loadu_ps(k0 + d * kPanel);
+      const __m512 b1 = _mm512_loadu_ps(k1 + d * kPanel);
+      for (int r = 0; r < R; ++r) {
+        const __m512 a = _mm512_set1_ps(q[r * kD + d]);
+        acc0[r] = _mm512_fmadd_ps(a, b0, acc0[r]);
+        acc1[r] = _mm512_fmadd_ps(a, b1, acc1[r]);
+      }
+    }
+    for (int r = 0; r < R; ++r) {
+      _mm512_storeu_ps(scores + r * kChunk + p * kPanel, acc0[r]);
+      _mm512_storeu_ps(scores + r * kChunk + (p + 1) * kPanel, acc1[r]);
+    }
+  }
+}
+
+// One row of a chunk's scores (base-2 logits) -> probabilities in place, unnormalized, with
+// the running maximum `m` and sum `l` updated. Returns the factor exp2(m_old - m_new) that
+// rescales what was accumulated before this chunk.
+MMSG_AVX512 inline float softmax_step(float* s, int count, float& m, float& l) {
+  const __m512 neg_inf = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+  const int full = count / kPanel * kPanel;
+  const __mmask16 tail = static_cast<__mmask16>((1u << (count - full)) - 1u);
+  __m512 mx = neg_inf;
+  for (int j = 0; j < full; j += kPanel) mx = _mm512_max_ps(mx, _mm512_loadu_ps(s + j));
+  if (tail) mx = _mm512_max_ps(mx, _mm512_mask_loadu_ps(neg_inf, tail, s + full));
+  const float m_new = std::max(m, _mm512_reduce_max_ps(mx));
+  const float rescale = std::exp2(m - m_new);
+  const __m512 mv = _mm512_set1_ps(m_new);
+  __m512 sum = _mm512_setzero_ps();
+  for (int j = 0; j < full; j += kPanel) {
+    const __m512 p = exp2_ps(_mm512_sub_ps(_mm512_loadu_ps(s + j), mv));
+    _mm512_storeu_ps(s + j, p);
+    sum = _mm512_add_ps(sum, p);
+  }
+  if (tail) {
+    const __m512 p = exp2_ps(_mm512_sub_ps(_mm512_mask_loadu_ps(neg_inf, tail, s + full), mv));
+    _mm512_mask_storeu_ps(s + full, tail, p);
+    sum = _mm512_add_ps(sum, p);
+  }
+  l = l * rescale + _mm512_reduce_add_ps(sum);
+  m = m_new;
+  return rescale;
+}
+
+// acc[r] = rescale[r] * acc[r] + sum_{j < count} probs[r][j] * v[j]   (acc: R x kD).
+template <int R>
+MMSG_AVX512 void value_tile(const float* probs, const float* v, int64_t ld, int count,
+                            const float* rescale, float* acc) {
+  __m512 o0[R], o1[R];
+  for (int r = 0; r < R; ++r) {
+    const __m512 c = _mm512_set1_ps(rescale[r]);
+    o0[r] = _mm512_mul_ps(c, _mm512_loadu_ps(acc + r * kD));
+    o1[r] = _mm512_mul_ps(c, _mm512_loadu_ps(acc + r * kD + 16));
+  }
+  for (int j = 0; j < count; ++j) {
+    const __m512 v0 = _mm512_loadu_ps(v + j * ld);
+    const __m512 v1 = _mm512_loadu_ps(v + j * ld + 16);
+    for (int r = 0; r < R; ++r) {
+      const __m512 p = _mm512_set1_ps(probs[r * kChunk + j]);
+      o0[r] = _mm512_fmadd_ps(p, v0, o0[r]);
+      o1[r] = _mm512_fmadd_ps(p, v1, o1[r]);
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    _mm512_storeu_ps(acc + r * kD, o0[r]);
+    _mm512_storeu_ps(acc + r * kD + 16, o1[r]);
+  }
+}
+
+struct RowTile {
+  const float* q;       // first query row; rows `ldq` apart
+  int64_t ldq;
+  const float* panels;  // this (b, h)'s packed keys
+  const float* v;       // first value row; rows `ldv` apart
+  int64_t ldv;
+  int64_t Nk;
+  float q_scale;        // scale * log2(e)
+  float* out;           // first output row; rows `ldo` apart
+  int64_t ldo;
+  float* scores;        // kTileRows x kChunk scratch
+};
+
+template <int R>
+MMSG_AVX512 void row_tile(const RowTile& t) {
+  alignas(64) float q[R * kD];
+  alignas(64) float acc[R * kD];
+  float m[R], l[R], rescale[R];
+  for (int r = 0; r < R; ++r) {
+    for (int d = 0; d < kD; ++d) q[r * kD + d] = t.q[r * t.ldq + d] * t.q_scale;
+    for (int d = 0; d < kD; ++d) acc[r * kD + d] = 0.f;
+    m[r] = -std::numeric_limits<float>::infinity();
+    l[r] = 0.f;
+  }
+  for (int64_t j0 = 0; j0 < t.Nk; j0 += kChunk) {
+    const int count = static_cast<int>(std::min<int64_t>(kChunk, t.Nk - j0));
+    const int num_panels = (count + 2 * kPanel - 1) / (2 * kPanel) * 2;
+    score_tile<R>(q, t.panels + j0 * kD, num_panels, t.scores);
+    for (int r = 0; r < R; ++r) rescale[r] = softmax_step(t.scores + r * kChunk, count, m[r], l[r]);
+    value_tile<R>(t.scores, t.v + j0 * t.ldv, t.ldv, count, rescale, acc);
+  }
+  for (int r = 0; r < R; ++r) {
+    const float inv = 1.f / l[r];
+    for (int d = 0; d < kD; ++d) t.out[r * t.ldo + d] = acc[r * kD + d] * inv;
+  }
+}
+
+using RowTileFn = void (*)(const RowTile&);
+
+template <int... Rs>
+constexpr std::array<RowTileFn, sizeof...(Rs) + 1> row_tiles(std::integer_sequence<int, Rs...>) {
+  return {nullptr, &row_tile<Rs + 1>...};
+}
+
+void avx512_kernel(const AttentionInputs& in, at::Tensor& out) {
+  const at::Tensor &q = in.q, &k = in.k, &v = in.v;
+  const int64_t B = q.size(0), H = q.size(1), Nq = q.size(2), Nk = k.size(2);
+  if (B * H * Nq == 0) return;
+  const int64_t Nk_padded = (Nk + 2 * kPanel - 1) / (2 * kPanel) * (2 * kPanel);
+  at::Tensor panels = at::empty({B * H, Nk_padded * kD}, q.options());
+  float* pd = panels.data_ptr<float>();
+  const float* kd = k.data_ptr<float>();
+  at::parallel_for(0, B * H, 1, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t b = i / H, h = i - b * H;
+      pack_keys(kd + b * k.stride(0) + h * k.stride(1), k.stride(2), Nk, Nk_padded,
+                pd + i * Nk_padded * kD);
+    }
+  });
+
+  static constexpr auto tiles = row_tiles(std::make_integer_sequence<int, kTileRows>{});
+  const float q_scale = static_cast<float>(in.scale * 1.4426950408889634);  // log2(e)
+  const int64_t tasks_per_head = (Nq + kTaskRows - 1) / kTaskRows;
+  const float* qd = q.data_ptr<float>();
+  const float* vd = v.data_ptr<float>();
+  float* od = out.data_ptr<float>();
+  at::parallel_for(0, B * H * tasks_per_head, 1, [&](int64_t t0, int64_t t1) {
+    std::vector<float> scores(kTileRows * kChunk);
+    for (int64_t task = t0; task < t1; ++task) {
+      const int64_t i = task / tasks_per_head, b = i / H, h = i - b * H;
+      const int64_t first = (task - i * tasks_per_head) * kTaskRows;
+      const int64_t last = std::min(Nq, first + kTaskRows);
+      for (int64_t r = first; r < last; r += kTileRows) {
+        const int rows = static_cast<int>(std::min<int64_t>(kTileRows, last - r));
+        const RowTile tile{qd + b * q.stride(0) + h * q.stride(1) + r * q.stride(2),
+                           q.stride(2),
+                           pd + i * Nk_padded * kD,
+                           vd + b * v.stride(0) + h * v.stride(1),
+                           v.stride(2),
+                           Nk,
+                           q_scale,
+                           od + b * out.stride(0) + h * out.stride(1) + r * out.stride(2),
+                           out.stride(2),
+                           scores.data()};
+        tiles[rows](tile);
+      }
+    }
+  });
+}
+#endif  // MMSG_HAVE_AVX512_PATH
+
+at::Tensor dot_product_attention_cpu(const at::Tensor& q, const at::Tensor& k,
+                                     const at::Tensor& v, double scale) {
+  const AttentionInputs in = prepare_attention(q, k, v, scale);
+  at::Tensor out = new_attention_output(in.q);
+#if MMSG_HAVE_AVX512_PATH
+  if (in.q.scalar_type() == at::kFloat && in.q.size(3) == kVectorHeadDim && cpu_has_avx512()) {
+    avx512_kernel(in, out);
+    return out;
+  }
+#endif
+  AT_DISPATCH_FLOATING_TYPES(in.q.scalar_type(), "dot_product_attention_cpu",
+                             [&] { portable_kernel<scalar_t>(in, out); });
+  return out;
+}
+
+}  // namespace
+
+std::string attention_cpu_kernel(int64_t head_dim) {
+#if MMSG_HAVE_AVX512_PATH
+  if (head_dim == kVectorHeadDim && cpu_has_avx512()) return "avx512";
+#endif
+  (void)head_dim;
+  return "portable";
+}
+
+TORCH_LIBRARY_IMPL(mmsgformer, CPU, m) {
+  m.impl("dot_product_attention", &dot_product_attention_cpu);
+}
+
+}  // namespace mmsgformer

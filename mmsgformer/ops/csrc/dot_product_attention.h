@@ -1,0 +1,46 @@
+// Scaled dot-product attention without a mask: shared definitions of the op's registration
+// (dot_product_attention.cpp) and its CPU kernels (cpu/dot_product_attention_cpu.cpp). The
+// op's contract is docs/design.md §18.
+//
+// For every (b, h) and query row i, with keys/values j < Nk:
+//
+//   s_ij  = scale * <q[b, h, i, :], k[b, h, j, :]>
+//   out[b, h, i, :] = sum_j exp(s_ij - m_i) v[b, h, j, :] / l_i,
+//   m_i = max_j s_ij,  l_i = sum_j exp(s_ij - m_i).
+//
+// The vector kernel computes m_i and l_i online over chunks of keys (flash attention): after
+// chunk c, m_i is the maximum so far and the running sums are rescaled by exp(m_old - m_new).
+// Gradients (Python, ops/_registration.py), with P_ij = exp(s_ij - m_i) / l_i:
+//
+//   dv = P^T dout,  dP = dout v^T,  dS = P * (dP - rowsum(dP * P)),
+//   dq = scale * dS k,  dk = scale * dS^T q.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <string>
+
+namespace mmsgformer {
+
+// The inputs of one call, checked: q (B, H, Nq, D), k (B, H, Nk, D), v (B, H, Nk, D) on the
+// CPU, one float dtype, innermost dimension contiguous (copied when it is not).
+struct AttentionInputs {
+  at::Tensor q, k, v;
+  double scale;
+};
+
+AttentionInputs prepare_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                  double scale);
+
+// The output of a call: (B, H, Nq, D) whose memory is (B, Nq, H, D), so that the usual
+// `out.transpose(1, 2).reshape(B, Nq, H * D)` is free (the layout of PyTorch's flash kernel).
+at::Tensor new_attention_output(const at::Tensor& q);
+
+// "avx512" when the CPU kernel has an AVX-512 path for float32 and head dimension `head_dim`
+// on this machine, else "portable" (one query row at a time, scalar loops).
+std::string attention_cpu_kernel(int64_t head_dim);
+
+// The head dimension of the AVX-512 path.
+constexpr int64_t kVectorHeadDim = 32;
+
+}  // namespace mmsgformer

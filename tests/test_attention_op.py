@@ -1,0 +1,235 @@
+"""Tests of the compiled attention op (mmsgformer::dot_product_attention, design §18).
+
+The op is compared with ``F.scaled_dot_product_attention`` in float64 (<= 1e-12: the portable
+kernel) and float32 (the AVX-512 kernel where the CPU has it, else the portable one), at the
+stage shapes of SG-Former and at sizes that leave partial register tiles, key panels and key
+chunks; its gradients with float64 gradcheck; its registration with torch.library.opcheck and
+torch.compile(fullgraph=True); its errors; and the model's use of it (inference only).
+"""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mmsgformer import ops
+from mmsgformer.ops import (dot_product_attention, dot_product_attention_reference, op_available,
+                            vector_kernel_applies)
+from mmsgformer.ops.attention import cpu_kernel
+
+BUILT = op_available()  # loads mmsgformer._C (registers torch.ops.mmsgformer.*) when built
+OP = torch.ops.mmsgformer
+pytestmark = pytest.mark.skipif(not BUILT, reason='the C++ extension is not built')
+
+
+def make_qkv(B, H, Nq, Nk, D, dtype=torch.float32, seed=0, spread=1.0, requires_grad=False):
+    """q as the (B, Nq, H, D) -> (B, H, Nq, D) view the model passes; k, v contiguous."""
+    gen = torch.Generator().manual_seed(seed)
+    q = (torch.randn(B, Nq, H, D, generator=gen, dtype=dtype) * spread).transpose(1, 2)
+    k = torch.randn(B, H, Nk, D, generator=gen, dtype=dtype) * spread
+    v = torch.randn(B, H, Nk, D, generator=gen, dtype=dtype)
+    if requires_grad:
+        q, k, v = (t.detach().requires_grad_() for t in (q, k, v))
+    return q, k, v
+
+
+def expected(q, k, v, scale):
+    return F.scaled_dot_product_attention(q.double(), k.double(), v.double(), scale=scale)
+
+
+def test_kernel_name_follows_the_cpu():
+    import platform
+    flags = open('/proc/cpuinfo').read() if platform.system() == 'Linux' else ''
+    has_avx512 = platform.machine() == 'x86_64' and ' avx512f' in flags
+    assert cpu_kernel(32) == ('avx512' if has_avx512 else 'portable')
+    assert cpu_kernel(24) == cpu_kernel(64) == 'portable'
+
+
+# (B, H, Nq, Nk, D): SG-Former stage shapes (self-guided stage 3 at 224 and 800x1344 shrunk
+# in Nq, stage 4) and sizes with partial tiles of 12 rows / 48-row tasks, partial 16- and
+# 32-key panels, more than one 256-key chunk, a single key, a single query.
+SHAPES = [(2, 8, 196, 147, 32), (1, 8, 300, 3150, 32), (2, 16, 49, 49, 32), (1, 2, 61, 517, 32),
+          (3, 1, 13, 5, 32), (1, 2, 7, 1, 32), (1, 1, 1, 300, 32), (2, 3, 50, 257, 32),
+          (1, 2, 37, 48, 24), (1, 1, 9, 20, 64)]
+
+
+@pytest.mark.parametrize('shape', SHAPES)
+def test_float64_equals_sdpa(shape):
+    B, H, Nq, Nk, D = shape
+    q, k, v = make_qkv(B, H, Nq, Nk, D, dtype=torch.float64, seed=Nq + Nk)
+    out = OP.dot_product_attention(q, k, v, D ** -0.5)
+    assert out.shape == (B, H, Nq, D) and out.dtype == torch.float64
+    assert torch.allclose(out, expected(q, k, v, D ** -0.5), atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize('shape', SHAPES)
+@pytest.mark.parametrize('spread', [1.0, 4.0])
+def test_float32_close_to_sdpa(shape, spread):
+    """Within a few float32 roundings of the float64 result, like PyTorch's own kernel; spread
+    4 makes peaked softmaxes (logits up to ~100), which test the running maximum."""
+    B, H, Nq, Nk, D = shape
+    q, k, v = make_qkv(B, H, Nq, Nk, D, seed=Nq * Nk, spread=spread)
+    out = OP.dot_product_attention(q, k, v, D ** -0.5)
+    exp = expected(q, k, v, D ** -0.5)
+    torch_err = (F.scaled_dot_product_attention(q, k, v, scale=D ** -0.5) - exp).abs().max()
+    err = (out - exp).abs().max()
+    assert err <= max(4 * torch_err, 1e-6), (err, torch_err)
+
+
+def test_output_layout_is_tokens_major():
+    """The output's memory is (B, Nq, H, D): the model's transpose + reshape copies nothing."""
+    q, k, v = make_qkv(2, 4, 30, 20, 32)
+    out = OP.dot_product_attention(q, k, v, 0.2)
+    assert out.stride() == (30 * 4 * 32, 32, 4 * 32, 1)
+    merged = out.transpose(1, 2).reshape(2, 30, 128)
+    assert merged.data_ptr() == out.data_ptr()
+
+
+def test_strided_and_non_contiguous_inputs():
+    """Any strides over (B, H, N); a strided head dimension is copied first."""
+    gen = torch.Generator().manual_seed(3)
+    kv = torch.randn(2, 70, 2, 4, 32, generator=gen).permute(2, 0, 3, 1, 4)  # like the model
+    q = torch.randn(2, 4, 64, 50, generator=gen)[..., ::2, :32:1]  # row stride 100
+    k, v = kv[0], kv[1]
+    qd = torch.randn(2, 4, 32, 25, generator=gen).transpose(-2, -1)  # strided head dim
+    for qq in (q, qd):
+        out = OP.dot_product_attention(qq, k, v, 0.3)
+        assert torch.allclose(out, expected(qq, k, v, 0.3).float(), atol=1e-5, rtol=0)
+
+
+def test_empty_query_set():
+    q, k, v = make_qkv(2, 3, 0, 5, 32)
+    assert OP.dot_product_attention(q, k, v, 0.1).shape == (2, 3, 0, 32)
+
+
+def test_gradcheck_float64():
+    for D in (32, 5):
+        q, k, v = make_qkv(2, 2, 7, 9, D, dtype=torch.float64, seed=D, requires_grad=True)
+        assert torch.autograd.gradcheck(lambda a, b, c: OP.dot_product_attention(a, b, c, 0.4),
+                                        (q, k, v))
+
+
+def test_gradients_equal_sdpa():
+    q, k, v = make_qkv(1, 2, 40, 33, 32, dtype=torch.float64, seed=5, requires_grad=True)
+    g = torch.randn(1, 2, 40, 32, dtype=torch.float64)
+    got = torch.autograd.grad(OP.dot_product_attention(q, k, v, 0.2), (q, k, v), g)
+    exp = torch.autograd.grad(F.scaled_dot_product_attention(q, k, v, scale=0.2), (q, k, v), g)
+    for a, e in zip(got, exp):
+        assert torch.allclose(a, e, atol=1e-12, rtol=0)
+
+
+@pytest.mark.skipif(not hasattr(torch.library, 'opcheck'),
+                    reason=f'torch {torch.__version__} has no torch.library.opcheck (torch >= 2.4)')
+@pytest.mark.parametrize('dtype, grad', [(torch.float32, False), (torch.float64, True)])
+def test_opcheck(dtype, grad):
+    q, k, v = make_qkv(2, 2, 29, 40, 32, dtype=dtype, requires_grad=grad)
+    torch.library.opcheck(OP.dot_product_attention, (q, k, v, 0.25))
+
+
+def test_compile_fullgraph():
+    q, k, v = make_qkv(1, 2, 50, 40, 32, seed=9)
+
+    def f(q_, k_, v_):
+        return torch.tanh(OP.dot_product_attention(q_ * 2.0, k_, v_, 0.3)).sum(-1)
+
+    torch._dynamo.reset()
+    got = torch.compile(f, fullgraph=True, backend='aot_eager')(q, k, v)
+    assert torch.allclose(got, f(q, k, v), atol=1e-6, rtol=0)
+
+
+def _bad_cases():
+    q, k, v = make_qkv(1, 2, 5, 6, 32)
+    return {
+        'q_3d': ((q[0], k, v), r'q must be \(B, H, Nq, D\)'),
+        'k_3d': ((q, k[0], v), r'k must be \(B, H, N, D\)'),
+        'half': ((q.half(), k.half(), v.half()), 'dtype must be float32 or float64'),
+        'k_dtype': ((q, k.double(), v), 'k dtype .* must equal q dtype'),
+        'heads': ((q, k[:, :1], v[:, :1]), r'k must be \(B, H, Nk, D\)'),
+        'head_dim': ((q, k[..., :16], v), r'k must be \(B, H, Nk, D\)'),
+        'values': ((q, k, v[:, :, :5]), 'k has 6 keys but v has 5 values'),
+        'no_keys': ((q, k[:, :, :0], v[:, :, :0]), r'no keys \(Nk=0\)'),
+    }
+
+
+@pytest.mark.parametrize('case', sorted(_bad_cases()))
+def test_bad_input_raises_value_error(case):
+    args, match = _bad_cases()[case]
+    with pytest.raises(ValueError, match=match):
+        OP.dot_product_attention(*args, 0.1)
+
+
+def test_fake_kernel_checks_and_layout():
+    q, k, v = make_qkv(1, 2, 5, 6, 32)
+    meta = OP.dot_product_attention(q.to('meta'), k.to('meta'), v.to('meta'), 0.1)
+    assert meta.shape == (1, 2, 5, 32) and meta.stride() == (320, 32, 64, 1)
+    with pytest.raises(ValueError, match='k dtype .* must equal q dtype'):
+        OP.dot_product_attention(q.to('meta'), k.double().to('meta'), v.to('meta'), 0.1)
+
+
+# ------------------------------------------------------------------------- the Python face
+
+def test_python_face_implementations():
+    q, k, v = make_qkv(1, 2, 20, 30, 32, dtype=torch.float64)
+    exp = expected(q, k, v, 0.2)
+    for impl in ('auto', 'op', 'reference', 'torch'):
+        assert torch.allclose(dot_product_attention(q, k, v, 0.2, impl=impl), exp, atol=1e-12)
+    assert torch.allclose(dot_product_attention_reference(q, k, v, 0.2), exp, atol=1e-12)
+    with pytest.raises(ValueError, match="impl='fast' must be one of"):
+        dot_product_attention(q, k, v, 0.2, impl='fast')
+    with pytest.raises(ValueError, match="q is on meta but the op has only a CPU kernel"):
+        dot_product_attention(q.to('meta'), k.to('meta'), v.to('meta'), 0.2, impl='op')
+
+
+def test_vector_kernel_applies_only_without_gradient():
+    q, k, v = make_qkv(1, 2, 20, 30, 32)
+    vector = cpu_kernel(32) == 'avx512'
+    assert vector_kernel_applies(q, k, v) == vector
+    assert not vector_kernel_applies(q.double(), k.double(), v.double())
+    assert not vector_kernel_applies(q[..., :24], k[..., :24], v[..., :24])
+    qg = q.detach().requires_grad_()
+    assert not vector_kernel_applies(qg, k, v)
+    with torch.no_grad():
+        assert vector_kernel_applies(qg, k, v) == vector
+
+
+def test_attention_modules_with_the_op_equal_torch_kernel(monkeypatch):
+    """Self-guided and standard attention in float32 inference: the op's output equals the
+    one with PyTorch's kernel to float32 rounding (same significance map, same weights)."""
+    from mmsgformer.models.attention import SelfGuidedAttention, StandardAttention
+    torch.manual_seed(0)
+    H, W = 12, 16
+    y = torch.randn(2, H * W, 128)
+    significance = torch.rand(2, H, W)
+    for module in (SelfGuidedAttention(128, 4, 4), StandardAttention(128, 4)):
+        module.eval()
+        with torch.no_grad():
+            fast = module(y, H, W, significance)[0]
+            with monkeypatch.context() as m:
+                m.setattr(ops, 'vector_kernel_applies', lambda *a: False)
+                ref = module(y, H, W, significance)[0]
+        assert torch.allclose(fast, ref, atol=1e-5, rtol=0)
+
+
+def test_model_uses_the_op_in_inference_only(monkeypatch):
+    """float32 inference of the self-guided and standard blocks goes through the op where its
+    vector path applies; training and the plain path never call it."""
+    from mmsgformer.models.sgformer import SGFormer
+    if cpu_kernel(32) != 'avx512':
+        pytest.skip("this CPU has no AVX-512: the model keeps PyTorch's kernel")
+    torch.manual_seed(0)
+    arch = dict(embed_dims=[64, 128, 256, 512], num_heads=[2, 4, 8, 16], depths=[2, 2, 2, 1])
+    x = torch.randn(1, 3, 64, 96)
+    calls = []
+    real = ops.dot_product_attention
+    monkeypatch.setattr(ops, 'dot_product_attention',
+                        lambda *a, **kw: calls.append(a[0].shape) or real(*a, **kw))
+    model = SGFormer(arch=arch).eval()
+    with torch.no_grad():
+        model(x)
+    # one self-guided block in each of stages 1-3, one standard block: all heads of 32
+    assert [tuple(s[1:]) for s in calls] == [(2, 384, 32), (4, 96, 32), (8, 24, 32),
+                                             (16, 6, 32)]
+    calls.clear()
+    model.train()
+    sum(o.square().mean() for o in model(x)).backward()
+    with torch.no_grad():
+        SGFormer(arch=arch, fast_path=False).eval()(x)
+    assert calls == []
