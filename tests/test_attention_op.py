@@ -1,4 +1,5 @@
-"""Tests of the compiled attention op (mmsgformer::dot_product_attention, design §18).
+"""Tests of the compiled attention ops (mmsgformer::dot_product_attention and
+dot_product_attention_key_mass, design §18).
 
 The op is compared with ``F.scaled_dot_product_attention`` in float64 (<= 1e-12: the portable
 kernel) and float32 (the AVX-512 kernel where the CPU has it, else the portable one), at the
@@ -11,8 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from mmsgformer import ops
-from mmsgformer.ops import (dot_product_attention, dot_product_attention_reference, op_available,
-                            vector_kernel_applies)
+from mmsgformer.ops import (dot_product_attention, dot_product_attention_key_mass_reference,
+                            dot_product_attention_reference, op_available, vector_kernel_applies)
 from mmsgformer.ops.attention import cpu_kernel
 
 BUILT = op_available()  # loads mmsgformer._C (registers torch.ops.mmsgformer.*) when built
@@ -133,6 +134,88 @@ def test_compile_fullgraph():
     torch._dynamo.reset()
     got = torch.compile(f, fullgraph=True, backend='aot_eager')(q, k, v)
     assert torch.allclose(got, f(q, k, v), atol=1e-6, rtol=0)
+
+
+# ------------------------------------------------------------------------------ key mass
+
+@pytest.mark.parametrize('shape', SHAPES)
+def test_key_mass_float64_equals_reference(shape):
+    B, H, Nq, Nk, D = shape
+    q, k, v = make_qkv(B, H, Nq, Nk, D, dtype=torch.float64, seed=Nq + 2 * Nk)
+    out, mass = OP.dot_product_attention_key_mass(q, k, v, D ** -0.5)
+    exp_out, exp_mass = dot_product_attention_key_mass_reference(q, k, v, D ** -0.5)
+    assert mass.shape == (B, Nk) and mass.dtype == torch.float64
+    assert torch.allclose(out, exp_out, atol=1e-12, rtol=0)
+    assert torch.allclose(mass, exp_mass, atol=1e-14, rtol=1e-12)
+
+
+@pytest.mark.parametrize('shape', SHAPES)
+def test_key_mass_float32_close_to_reference(shape):
+    """The output equals dot_product_attention's; the mass is within 1e-6 relative of float64
+    (each work item sums 48 rows in float32, the rest is summed in float64)."""
+    B, H, Nq, Nk, D = shape
+    q, k, v = make_qkv(B, H, Nq, Nk, D, seed=Nq * Nk + 1, spread=2.0)
+    out, mass = OP.dot_product_attention_key_mass(q, k, v, D ** -0.5)
+    assert torch.equal(out, OP.dot_product_attention(q, k, v, D ** -0.5))
+    _, exp_mass = dot_product_attention_key_mass_reference(q.double(), k.double(), v.double(),
+                                                           D ** -0.5)
+    assert torch.allclose(mass.double(), exp_mass, atol=1e-9, rtol=1e-5)
+    assert abs(mass.double().sum(-1) - 1).max() < 1e-5  # a distribution over the keys
+
+
+def test_key_mass_of_an_empty_query_set_is_zero():
+    q, k, v = make_qkv(2, 3, 0, 5, 32)
+    out, mass = OP.dot_product_attention_key_mass(q, k, v, 0.1)
+    assert out.shape == (2, 3, 0, 32) and torch.equal(mass, torch.zeros(2, 5))
+
+
+def test_key_mass_gradcheck_and_no_gradient_through_mass():
+    q, k, v = make_qkv(1, 2, 6, 9, 32, dtype=torch.float64, seed=2, requires_grad=True)
+    assert torch.autograd.gradcheck(
+        lambda a, b, c: OP.dot_product_attention_key_mass(a, b, c, 0.4)[0], (q, k, v))
+    out, mass = OP.dot_product_attention_key_mass(q, k, v, 0.4)
+    assert out.requires_grad and not mass.requires_grad
+
+
+@pytest.mark.skipif(not hasattr(torch.library, 'opcheck'),
+                    reason=f'torch {torch.__version__} has no torch.library.opcheck (torch >= 2.4)')
+@pytest.mark.parametrize('dtype, grad', [(torch.float32, False), (torch.float64, True)])
+def test_key_mass_opcheck(dtype, grad):
+    q, k, v = make_qkv(2, 2, 29, 40, 32, dtype=dtype, requires_grad=grad)
+    torch.library.opcheck(OP.dot_product_attention_key_mass, (q, k, v, 0.25))
+
+
+def test_key_mass_fake_kernel():
+    q, k, v = make_qkv(2, 2, 5, 6, 32)
+    out, mass = OP.dot_product_attention_key_mass(q.to('meta'), k.to('meta'), v.to('meta'), 0.1)
+    assert out.shape == (2, 2, 5, 32) and mass.shape == (2, 6) and mass.device.type == 'meta'
+    with pytest.raises(ValueError, match='k has 6 keys but v has 5 values'):
+        OP.dot_product_attention_key_mass(q, k, v[:, :, :5], 0.1)
+
+
+def test_coarse_branch_uses_the_key_mass_op_on_large_inputs(monkeypatch):
+    """Hybrid-scale attention in float32 inference above the chunking size: the coarse branch's
+    output and key mass come from the op and equal the chunked pass's to float32 rounding."""
+    from mmsgformer.models import fast_paths
+    from mmsgformer.models.attention import HybridScaleAttention
+    if cpu_kernel(32) != 'avx512':
+        pytest.skip("this CPU has no AVX-512: the chunked pass is kept")
+    torch.manual_seed(0)
+    H, W = 32, 48
+    module = HybridScaleAttention(128, 4, 4).eval()
+    y = torch.randn(2, H * W, 128)
+    monkeypatch.setattr(fast_paths, '_CHUNK_INFERENCE_ABOVE', 0)
+    calls = []
+    real = ops.dot_product_attention_key_mass
+    monkeypatch.setattr(ops, 'dot_product_attention_key_mass',
+                        lambda *a: calls.append(a[0].shape) or real(*a))
+    with torch.no_grad():
+        out, significance = module(y, H, W)
+        assert calls == [(2, 2, H * W, 32)]  # the coarse group: 2 of the 4 heads
+        monkeypatch.setattr(ops, 'vector_kernel_applies', lambda *a: False)
+        exp_out, exp_significance = module(y, H, W)
+    assert torch.allclose(out, exp_out, atol=1e-5, rtol=0)
+    assert torch.allclose(significance, exp_significance, atol=1e-6, rtol=1e-5)
 
 
 def _bad_cases():

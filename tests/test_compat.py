@@ -116,6 +116,9 @@ LEGACY_SCRIPT = textwrap.dedent('''
         lambda a, b, c: OP.dot_product_attention(a, b, c, 0.3), (q, k, v)))
     meta = OP.dot_product_attention(q.to('meta'), k.to('meta'), v.to('meta'), 0.3)
     print('attention_meta', tuple(meta.shape), tuple(meta.stride()))
+    out, mass = OP.dot_product_attention_key_mass(q, k, v, 0.3)
+    print('key_mass_grad', out.requires_grad, mass.requires_grad, torch.autograd.gradcheck(
+        lambda a, b, c: OP.dot_product_attention_key_mass(a, b, c, 0.3)[0], (q, k, v)))
 ''')
 
 
@@ -134,6 +137,7 @@ def test_legacy_registration_path_on_this_torch():
     assert 'bias must have shape (3,)' in lines['meta_error']
     assert lines['attention_gradcheck'] == 'True'
     assert lines['attention_meta'] == '(1, 2, 5, 32) (320, 32, 64, 1)'
+    assert lines['key_mass_grad'] == 'True False True'
 
 
 def test_op_library_that_does_not_load_warns_once(monkeypatch):

@@ -31,7 +31,8 @@ Inference (autograd off):
 * :func:`attention` (self-guided and standard blocks): the compiled CPU kernel
   ``mmsgformer::dot_product_attention`` where its AVX-512 path applies (float32, head
   dimension 32; design §18), else ``F.scaled_dot_product_attention`` as on the plain path;
-* the coarse branch in query chunks on large inputs (:func:`attention_and_key_mass`);
+* the coarse branch on large inputs (:func:`attention_and_key_mass`): in query chunks, or in
+  float32 from the op ``mmsgformer::dot_product_attention_key_mass`` (design §18);
 * :func:`image_chunks`: the stem a few images at a time, so the per-chunk temporaries stay in
   cache; :func:`ffn_inference`: the whole FFN of large maps (``fc1`` included) in the bands of
   rows of training;
@@ -192,7 +193,9 @@ def attention_and_key_mass(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sc
 
     With autograd: the output from ``F.scaled_dot_product_attention`` (backward keeps the
     log-sum-exp, not the probabilities) and the mass from a no-grad pass in query chunks.
-    Without autograd: output and mass from the same chunked pass.
+    Without autograd: output and mass from the same chunked pass, or, without a mask where the
+    op's AVX-512 path applies (the coarse branch in float32), from
+    ``mmsgformer::dot_product_attention_key_mass`` (design §18).
 
     Each chunk costs one score GEMM, the softmax, (inference) the value GEMM and one reduction
     over heads and queries: the scale is applied to the queries (``Nq*d`` values, not
@@ -205,6 +208,9 @@ def attention_and_key_mass(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sc
     needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
     if not needs_grad and Bt * g * Nq * Nk <= _CHUNK_INFERENCE_ABOVE:
         return plain(q, k, v, scale, key_bias, query_mask, query_counts)
+    if (not needs_grad and key_bias is None and query_mask is None and not is_tracing()
+            and ops.vector_kernel_applies(q, k, v)):
+        return ops.dot_product_attention_key_mass(q, k, v, scale)  # the coarse branch
     out = None
     if needs_grad:
         mask = None if key_bias is None else key_bias.to(q.dtype)

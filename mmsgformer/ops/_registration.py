@@ -3,13 +3,13 @@
 Importing this module loads the extension ``mmsgformer._C`` (whose static initializers define the
 ops and their CPU/CUDA kernels) and registers what the dispatcher needs from Python:
 
-* fake (meta) kernels for ``sg_aggregate``, ``sg_aggregate_backward`` and
-  ``dot_product_attention``, so ``torch.compile`` and FakeTensor tracing see the output shapes
+* fake (meta) kernels for ``sg_aggregate``, ``sg_aggregate_backward``,
+  ``dot_product_attention`` and ``dot_product_attention_key_mass``, so ``torch.compile`` and FakeTensor tracing see the output shapes
   without running the kernels;
 * the autograd formulas: for ``sg_aggregate`` gradients to ``tokens``, ``weight`` and ``bias``
   (none to ``order``; only ``tokens``, ``order`` and ``weight`` are saved for backward, never a
-  permuted copy of the tokens); for ``dot_product_attention`` gradients to ``q``, ``k`` and
-  ``v`` (design §18: the model uses the op in inference only).
+  permuted copy of the tokens); for the attention ops gradients to ``q``, ``k`` and ``v``
+  (none through the key mass; design §18: the model uses them in inference only).
 
 On torch >= 2.4 both go through ``torch.library.register_fake`` / ``register_autograd``. Older
 torch (2.1-2.3) lacks them: the same fake functions become Python ``Meta`` kernels and the same
@@ -169,9 +169,19 @@ def _attention_fake(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     return q.new_empty((B, Nq, H, D)).transpose(1, 2)
 
 
+def _attention_key_mass_fake(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                             scale: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(out (B, H, Nq, D), mass (B, Nk))``, with the checks of :func:`_attention_fake`."""
+    return _attention_fake(q, k, v, scale), q.new_empty((q.shape[0], k.shape[2]))
+
+
 def _attention_setup_context(ctx, inputs, output) -> None:
     q, k, v, scale = inputs
-    ctx.save_for_backward(q, k, v, output)
+    out = output
+    if isinstance(output, tuple):  # dot_product_attention_key_mass: (out, mass)
+        out = output[0]
+        ctx.mark_non_differentiable(output[1])
+    ctx.save_for_backward(q, k, v, out)
     ctx.scale = scale
 
 
@@ -194,6 +204,12 @@ def _attention_backward(ctx, grad_out: torch.Tensor):
             grad_v if need_v else None, None)
 
 
+def _attention_key_mass_backward(ctx, grad_out: torch.Tensor, grad_mass: torch.Tensor):
+    """Gradients of ``out`` only: the key mass is a detached quantity (the significance map
+    never needs a gradient, design §5.1); a gradient arriving for it is ignored."""
+    return _attention_backward(ctx, grad_out)
+
+
 class DotProductAttentionFunction(torch.autograd.Function):
     """``dot_product_attention`` with the formula of :func:`_attention_backward`, for torch
     without ``register_autograd``."""
@@ -212,10 +228,33 @@ class DotProductAttentionFunction(torch.autograd.Function):
         return _attention_backward(ctx, grad_out)
 
 
+class DotProductAttentionKeyMassFunction(torch.autograd.Function):
+    """``dot_product_attention_key_mass`` for torch without ``register_autograd``."""
+
+    @staticmethod
+    def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                scale: float) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``q (B, H, Nq, D)``, ``k, v (B, H, Nk, D)`` -> ``(out (B, H, Nq, D), mass (B, Nk))``."""
+        with torch._C._AutoDispatchBelowAutograd():
+            out, mass = torch.ops.mmsgformer.dot_product_attention_key_mass(q, k, v, scale)
+        _attention_setup_context(ctx, (q, k, v, scale), (out, mass))
+        return out, mass
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor, grad_mass: torch.Tensor):
+        return _attention_key_mass_backward(ctx, grad_out, grad_mass)
+
+
 def _attention_autograd_kernel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                                scale: float) -> torch.Tensor:
     """The ``Autograd`` dispatch-key kernel of ``dot_product_attention`` on torch < 2.4."""
     return DotProductAttentionFunction.apply(q, k, v, scale)
+
+
+def _attention_key_mass_autograd_kernel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                                        scale: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The ``Autograd`` kernel of ``dot_product_attention_key_mass`` on torch < 2.4."""
+    return DotProductAttentionKeyMassFunction.apply(q, k, v, scale)
 
 
 if LEGACY:
@@ -226,6 +265,8 @@ if LEGACY:
     _LIB.impl('sg_aggregate', _autograd_kernel, 'Autograd')
     _LIB.impl('dot_product_attention', _attention_fake, 'Meta')
     _LIB.impl('dot_product_attention', _attention_autograd_kernel, 'Autograd')
+    _LIB.impl('dot_product_attention_key_mass', _attention_key_mass_fake, 'Meta')
+    _LIB.impl('dot_product_attention_key_mass', _attention_key_mass_autograd_kernel, 'Autograd')
 else:
     torch.library.register_fake('mmsgformer::sg_aggregate', _sg_aggregate_fake)
     torch.library.register_fake('mmsgformer::sg_aggregate_backward', _sg_aggregate_backward_fake)
@@ -233,4 +274,9 @@ else:
                                     setup_context=_setup_context)
     torch.library.register_fake('mmsgformer::dot_product_attention', _attention_fake)
     torch.library.register_autograd('mmsgformer::dot_product_attention', _attention_backward,
+                                    setup_context=_attention_setup_context)
+    torch.library.register_fake('mmsgformer::dot_product_attention_key_mass',
+                                _attention_key_mass_fake)
+    torch.library.register_autograd('mmsgformer::dot_product_attention_key_mass',
+                                    _attention_key_mass_backward,
                                     setup_context=_attention_setup_context)

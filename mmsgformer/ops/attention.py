@@ -1,20 +1,22 @@
-"""Scaled dot-product attention without a mask: the Python face of the compiled CPU kernel.
+"""Scaled dot-product attention without a mask: the Python face of the compiled CPU kernels.
 
-``softmax(scale * q k^T) v`` is what the self-guided blocks and stage 4 compute.
-``torch.ops.mmsgformer.dot_product_attention`` computes it on the CPU; its AVX-512 path (float32,
-head dimension 32: every SG-Former-S/M head, and all but stage 1 of SG-Former-B) is faster than
-PyTorch's flash kernel there. The contract, the formulas and the measurements are
-docs/design.md §18.
+``softmax(scale * q k^T) v`` is what the self-guided blocks and stage 4 compute, and, with the
+mean probability of each key, the coarse branch of hybrid-scale attention.
+``torch.ops.mmsgformer.dot_product_attention`` (and ``dot_product_attention_key_mass``)
+compute them on the CPU; their AVX-512 path (float32, head dimension 32: every SG-Former-S/M
+head, and all but stage 1 of SG-Former-B) is faster than PyTorch's flash kernel there. The
+contract, the formulas and the measurements are docs/design.md §18.
 """
-from typing import Dict
+from typing import Dict, Tuple
 
 import torch
 import torch.nn.functional as F
 
-from .reference import dot_product_attention_reference
+from .reference import dot_product_attention_key_mass_reference, dot_product_attention_reference
 
-__all__ = ['dot_product_attention', 'dot_product_attention_reference', 'cpu_kernel',
-           'vector_kernel_applies', 'ATTENTION_IMPLS']
+__all__ = ['dot_product_attention', 'dot_product_attention_reference',
+           'dot_product_attention_key_mass', 'dot_product_attention_key_mass_reference',
+           'cpu_kernel', 'vector_kernel_applies', 'ATTENTION_IMPLS']
 
 ATTENTION_IMPLS = ('auto', 'op', 'reference', 'torch')
 
@@ -64,13 +66,32 @@ def dot_product_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sca
     if impl == 'reference':
         return dot_product_attention_reference(q, k, v, scale)
     if impl == 'op' or (impl == 'auto' and vector_kernel_applies(q, k, v)):
-        from . import op_available
-        if q.device.type != 'cpu':
-            raise ValueError(f"impl='op': q is on {q.device} but the op has only a CPU kernel "
-                             f"(use impl='torch', F.scaled_dot_product_attention, there)")
-        if not op_available():
-            raise RuntimeError("impl='op' but the mmsgformer C++ extension is not built; "
-                               "reinstall with `pip install -e . --no-build-isolation "
-                               "--use-pep517`")
+        _check_op_usable(q)
         return torch.ops.mmsgformer.dot_product_attention(q, k, v, float(scale))
     return F.scaled_dot_product_attention(q, k, v, scale=scale)
+
+
+def dot_product_attention_key_mass(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                                   scale: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    """:func:`dot_product_attention` and the mean probability each key receives (over heads and
+    queries), from the compiled op: two passes over the scores, never an ``(Nq, Nk)`` matrix.
+
+    Args:
+        q: ``(B, H, Nq, D)``; k, v: ``(B, H, Nk, D)``; CPU, float32 or float64.
+        scale: the logit scale.
+
+    Returns:
+        ``(out (B, H, Nq, D), mass (B, Nk))``; the mass carries no gradient.
+    """
+    _check_op_usable(q)
+    return torch.ops.mmsgformer.dot_product_attention_key_mass(q, k, v, float(scale))
+
+
+def _check_op_usable(q: torch.Tensor) -> None:
+    from . import op_available
+    if q.device.type != 'cpu':
+        raise ValueError(f"impl='op': q is on {q.device} but the op has only a CPU kernel "
+                         f"(use impl='torch', F.scaled_dot_product_attention, there)")
+    if not op_available():
+        raise RuntimeError("impl='op' but the mmsgformer C++ extension is not built; "
+                           "reinstall with `pip install -e . --no-build-isolation --use-pep517`")

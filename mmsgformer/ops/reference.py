@@ -60,3 +60,15 @@ def dot_product_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.T
         ``(B, H, Nq, D)``.
     """
     return torch.softmax((q @ k.transpose(-2, -1)) * scale, dim=-1) @ v
+
+
+def dot_product_attention_key_mass_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                                             scale: float):
+    """:func:`dot_product_attention_reference` and the mean probability each key receives.
+
+    Returns:
+        ``(out (B, H, Nq, D), mass (B, Nk))``, ``mass[b, j]`` the mean over heads and queries of
+        the probabilities of key ``j``.
+    """
+    probs = torch.softmax((q @ k.transpose(-2, -1)) * scale, dim=-1)
+    return probs @ v, probs.mean(2).mean(1)

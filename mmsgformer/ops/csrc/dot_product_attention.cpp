@@ -1,8 +1,9 @@
-// Schema and input validation of mmsgformer::dot_product_attention (docs/design.md §18).
+// Schema and input validation of mmsgformer::dot_product_attention and
+// mmsgformer::dot_product_attention_key_mass (docs/design.md §18).
 //
-// The CPU kernel is registered in cpu/dot_product_attention_cpu.cpp. There is no CUDA kernel:
+// The CPU kernels are registered in cpu/dot_product_attention_cpu.cpp. There is no CUDA kernel:
 // on a GPU, PyTorch's own flash and memory-efficient kernels are the fast path. Autograd and
-// the fake kernel are registered from Python in mmsgformer/ops/_registration.py.
+// the fake kernels are registered from Python in mmsgformer/ops/_registration.py.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
@@ -59,6 +60,9 @@ at::Tensor new_attention_output(const at::Tensor& q) {
 
 TORCH_LIBRARY_FRAGMENT(mmsgformer, m) {
   m.def("dot_product_attention(Tensor q, Tensor k, Tensor v, float scale) -> Tensor");
+  m.def(
+      "dot_product_attention_key_mass(Tensor q, Tensor k, Tensor v, float scale) -> "
+      "(Tensor out, Tensor mass)");
   m.def("dot_product_attention_cpu_kernel(int head_dim) -> str",
         [](int64_t head_dim) { return mmsgformer::attention_cpu_kernel(head_dim); });
 }

@@ -8,6 +8,13 @@
 //   out[b, h, i, :] = sum_j exp(s_ij - m_i) v[b, h, j, :] / l_i,
 //   m_i = max_j s_ij,  l_i = sum_j exp(s_ij - m_i).
 //
+// dot_product_attention_key_mass also returns the mean probability each key receives (the key
+// mass of a hybrid-scale block's coarse branch, design §5.1), over heads and queries:
+//
+//   mass[b, j] = sum_{h, i} exp(s_ij - m_i) / l_i / (H * Nq),
+//
+// from a second pass over the scores with the first pass's m_i and l_i (0 when H * Nq = 0).
+//
 // The vector kernel computes m_i and l_i online over chunks of keys (flash attention): after
 // chunk c, m_i is the maximum so far and the running sums are rescaled by exp(m_old - m_new).
 // Gradients (Python, ops/_registration.py), with P_ij = exp(s_ij - m_i) / l_i:

@@ -1,5 +1,5 @@
-// CPU kernels of mmsgformer::dot_product_attention (docs/design.md §18; formulas in
-// ../dot_product_attention.h).
+// CPU kernels of mmsgformer::dot_product_attention and dot_product_attention_key_mass
+// (docs/design.md §18; formulas in ../dot_product_attention.h).
 //
 // Portable kernel (any float dtype and head dimension): one work item per query row; it
 // writes the row's scores, takes their maximum, exponentiates and sums them, and accumulates
@@ -11,7 +11,10 @@
 // panel loads and 2R fused multiply-adds into 2R accumulators. The keys are walked in chunks of
 // kChunk; each chunk's R x kChunk scores stay in an L1 buffer, go through the online softmax
 // (base-2 exponent: the queries are scaled by scale * log2(e)) and are multiplied into the
-// R x 32 output tile (2R accumulators again). Neither kernel ever holds an (Nq, Nk) matrix.
+// R x 32 output tile (2R accumulators again). The key mass (dot_product_attention_key_mass)
+// recomputes the score tiles in a second pass with each row's m_i and 1 / l_i and sums the
+// probabilities over rows into per-thread key sums. Neither kernel ever holds an (Nq, Nk)
+// matrix.
 //
 // Why: at D = 32 PyTorch's flash kernel spends one exponential per 32 multiply-adds and runs
 // its score GEMMs through a general BLAS call; this kernel keeps every score tile in registers
@@ -28,6 +31,7 @@
 #include <cstdint>
 #include <limits>
 #include <string>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -47,8 +51,12 @@ namespace {
 
 // ------------------------------------------------------------------------- portable kernel
 
+// `row_max`, `row_inv_sum` (B * H * Nq accumulation-type values, or null): m_i and 1 / l_i of
+// every query row, for the key-mass pass.
 template <typename scalar_t>
-void portable_kernel(const AttentionInputs& in, at::Tensor& out) {
+void portable_kernel(const AttentionInputs& in, at::Tensor& out,
+                     at::opmath_type<scalar_t>* row_max = nullptr,
+                     at::opmath_type<scalar_t>* row_inv_sum = nullptr) {
   using acc_t = at::opmath_type<scalar_t>;
   const at::Tensor &q = in.q, &k = in.k, &v = in.v;
   const int64_t B = q.size(0), H = q.size(1), Nq = q.size(2), D = q.size(3), Nk = k.size(2);
@@ -85,6 +93,42 @@ void portable_kernel(const AttentionInputs& in, at::Tensor& out) {
       }
       scalar_t* oi = od + b * out.stride(0) + h * out.stride(1) + i * out.stride(2);
       for (int64_t d = 0; d < D; ++d) oi[d] = static_cast<scalar_t>(acc[d] / l);
+      if (row_max) {
+        row_max[r] = m;
+        row_inv_sum[r] = acc_t(1) / l;
+      }
+    }
+  });
+}
+
+// mass[b, j] = sum_{h, i} exp(s_hij - m_hi) / l_hi / (H * Nq), one work item per (b, j).
+template <typename scalar_t>
+void portable_key_mass(const AttentionInputs& in, const at::opmath_type<scalar_t>* row_max,
+                       const at::opmath_type<scalar_t>* row_inv_sum, at::Tensor& mass) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const at::Tensor &q = in.q, &k = in.k;
+  const int64_t B = q.size(0), H = q.size(1), Nq = q.size(2), D = q.size(3), Nk = k.size(2);
+  const scalar_t* qd = q.data_ptr<scalar_t>();
+  const scalar_t* kd = k.data_ptr<scalar_t>();
+  scalar_t* md = mass.data_ptr<scalar_t>();
+  const acc_t scale = static_cast<acc_t>(in.scale);
+  const acc_t norm = acc_t(1) / static_cast<acc_t>(H * Nq);
+  const int64_t grain = std::max<int64_t>(1, at::internal::GRAIN_SIZE / (H * Nq * D));
+  at::parallel_for(0, B * Nk, grain, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      const int64_t b = c / Nk, j = c - b * Nk;
+      acc_t total = 0;
+      for (int64_t h = 0; h < H; ++h) {
+        const scalar_t* kj = kd + b * k.stride(0) + h * k.stride(1) + j * k.stride(2);
+        const int64_t row0 = (b * H + h) * Nq;
+        for (int64_t i = 0; i < Nq; ++i) {
+          const scalar_t* qi = qd + b * q.stride(0) + h * q.stride(1) + i * q.stride(2);
+          acc_t s = 0;
+          for (int64_t d = 0; d < D; ++d) s += static_cast<acc_t>(qi[d]) * kj[d];
+          total += std::exp(s * scale - row_max[row0 + i]) * row_inv_sum[row0 + i];
+        }
+      }
+      md[c] = static_cast<scalar_t>(total * norm);
     }
   });
 }
@@ -220,6 +264,8 @@ struct RowTile {
   float* out;           // first output row; rows `ldo` apart
   int64_t ldo;
   float* scores;        // kTileRows x kChunk scratch
+  float* row_max;       // null, or where the rows' m_i (base 2) go
+  float* row_inv_sum;   // null, or where the rows' 1 / l_i go
 };
 
 template <int R>
@@ -243,7 +289,37 @@ MMSG_AVX512 void row_tile(const RowTile& t) {
   for (int r = 0; r < R; ++r) {
     const float inv = 1.f / l[r];
     for (int d = 0; d < kD; ++d) t.out[r * t.ldo + d] = acc[r * kD + d] * inv;
+    if (t.row_max) {
+      t.row_max[r] = m[r];
+      t.row_inv_sum[r] = inv;
+    }
   }
+}
+
+// colsum[0 : 16 * num_panels] += sum_r exp2(<q[r], key> - m[r]) * inv_l[r]: the probabilities
+// of R query rows for one chunk of keys, summed over the rows (q scaled like row_tile's,
+// `scores` R x kChunk scratch).
+template <int R>
+MMSG_AVX512 void mass_tile(const float* q, const float* panels, int num_panels, const float* m,
+                           const float* inv_l, float* scores, float* colsum) {
+  score_tile<R>(q, panels, num_panels, scores);
+  for (int r = 0; r < R; ++r) {
+    const __m512 mr = _mm512_set1_ps(m[r]), wr = _mm512_set1_ps(inv_l[r]);
+    const float* s = scores + r * kChunk;
+    for (int j = 0; j < num_panels * kPanel; j += kPanel) {
+      const __m512 p = exp2_ps(_mm512_sub_ps(_mm512_loadu_ps(s + j), mr));
+      _mm512_storeu_ps(colsum + j, _mm512_fmadd_ps(p, wr, _mm512_loadu_ps(colsum + j)));
+    }
+  }
+}
+
+using MassTileFn = void (*)(const float*, const float*, int, const float*, const float*, float*,
+                            float*);
+
+template <int... Rs>
+constexpr std::array<MassTileFn, sizeof...(Rs) + 1> mass_tiles(
+    std::integer_sequence<int, Rs...>) {
+  return {nullptr, &mass_tile<Rs + 1>...};
 }
 
 using RowTileFn = void (*)(const RowTile&);
@@ -253,7 +329,12 @@ constexpr std::array<RowTileFn, sizeof...(Rs) + 1> row_tiles(std::integer_sequen
   return {nullptr, &row_tile<Rs + 1>...};
 }
 
-void avx512_kernel(const AttentionInputs& in, at::Tensor& out) {
+// With `mass` (B, Nk): also mass[b, j] = sum_{h, i} P_hij / (H * Nq), from a second pass that
+// recomputes the score tiles with the rows' m_i and 1 / l_i of the first. Its work items are
+// those of the first pass (48 query rows of one head, against all keys); each sums its rows'
+// probabilities in float32 and adds them to its thread's float64 row of key sums, which are
+// added up at the end (no two threads write the same memory).
+void avx512_kernel(const AttentionInputs& in, at::Tensor& out, at::Tensor* mass = nullptr) {
   const at::Tensor &q = in.q, &k = in.k, &v = in.v;
   const int64_t B = q.size(0), H = q.size(1), Nq = q.size(2), Nk = k.size(2);
   if (B * H * Nq == 0) return;
@@ -275,6 +356,11 @@ void avx512_kernel(const AttentionInputs& in, at::Tensor& out) {
   const float* qd = q.data_ptr<float>();
   const float* vd = v.data_ptr<float>();
   float* od = out.data_ptr<float>();
+  std::vector<float> row_max, row_inv_sum;
+  if (mass) {
+    row_max.resize(B * H * Nq);
+    row_inv_sum.resize(B * H * Nq);
+  }
   at::parallel_for(0, B * H * tasks_per_head, 1, [&](int64_t t0, int64_t t1) {
     std::vector<float> scores(kTileRows * kChunk);
     for (int64_t task = t0; task < t1; ++task) {
@@ -292,13 +378,76 @@ void avx512_kernel(const AttentionInputs& in, at::Tensor& out) {
                            q_scale,
                            od + b * out.stride(0) + h * out.stride(1) + r * out.stride(2),
                            out.stride(2),
-                           scores.data()};
+                           scores.data(),
+                           mass ? row_max.data() + i * Nq + r : nullptr,
+                           mass ? row_inv_sum.data() + i * Nq + r : nullptr};
         tiles[rows](tile);
       }
     }
   });
+  if (!mass) return;
+
+  static constexpr auto mass_fns = mass_tiles(std::make_integer_sequence<int, kTileRows>{});
+  const int num_threads = at::get_num_threads();
+  std::vector<double> key_sums(static_cast<size_t>(num_threads) * B * Nk, 0.0);
+  at::parallel_for(0, B * H * tasks_per_head, 1, [&](int64_t t0, int64_t t1) {
+    std::vector<float> scores(kTileRows * kChunk), task_sums(Nk_padded);
+    double* sums = key_sums.data() + static_cast<size_t>(at::get_thread_num()) * B * Nk;
+    alignas(64) float qs[kTileRows * kD];
+    for (int64_t task = t0; task < t1; ++task) {
+      const int64_t i = task / tasks_per_head, b = i / H, h = i - b * H;
+      const int64_t first = (task - i * tasks_per_head) * kTaskRows;
+      const int64_t last = std::min(Nq, first + kTaskRows);
+      const float* qh = qd + b * q.stride(0) + h * q.stride(1);
+      std::fill(task_sums.begin(), task_sums.end(), 0.f);
+      for (int64_t r = first; r < last; r += kTileRows) {
+        const int rows = static_cast<int>(std::min<int64_t>(kTileRows, last - r));
+        for (int t = 0; t < rows; ++t)
+          for (int d = 0; d < kD; ++d) qs[t * kD + d] = qh[(r + t) * q.stride(2) + d] * q_scale;
+        for (int64_t j0 = 0; j0 < Nk; j0 += kChunk) {
+          const int count = static_cast<int>(std::min<int64_t>(kChunk, Nk - j0));
+          const int num_panels = (count + 2 * kPanel - 1) / (2 * kPanel) * 2;
+          mass_fns[rows](qs, pd + i * Nk_padded * kD + j0 * kD, num_panels,
+                         row_max.data() + i * Nq + r, row_inv_sum.data() + i * Nq + r,
+                         scores.data(), task_sums.data() + j0);
+        }
+      }
+      for (int64_t j = 0; j < Nk; ++j) sums[b * Nk + j] += task_sums[j];
+    }
+  });
+  const double norm = 1.0 / static_cast<double>(H * Nq);
+  float* md = mass->data_ptr<float>();
+  for (int64_t c = 0; c < B * Nk; ++c) {
+    double total = 0.0;
+    for (int t = 0; t < num_threads; ++t) total += key_sums[static_cast<size_t>(t) * B * Nk + c];
+    md[c] = static_cast<float>(total * norm);
+  }
 }
 #endif  // MMSG_HAVE_AVX512_PATH
+
+std::tuple<at::Tensor, at::Tensor> dot_product_attention_key_mass_cpu(const at::Tensor& q,
+                                                                      const at::Tensor& k,
+                                                                      const at::Tensor& v,
+                                                                      double scale) {
+  const AttentionInputs in = prepare_attention(q, k, v, scale);
+  at::Tensor out = new_attention_output(in.q);
+  at::Tensor mass = at::empty({in.q.size(0), in.k.size(2)}, in.q.options());
+  if (in.q.size(1) * in.q.size(2) == 0) return {out, mass.zero_()};
+#if MMSG_HAVE_AVX512_PATH
+  if (in.q.scalar_type() == at::kFloat && in.q.size(3) == kVectorHeadDim && cpu_has_avx512()) {
+    avx512_kernel(in, out, &mass);
+    return {out, mass};
+  }
+#endif
+  AT_DISPATCH_FLOATING_TYPES(in.q.scalar_type(), "dot_product_attention_key_mass_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const int64_t rows = in.q.size(0) * in.q.size(1) * in.q.size(2);
+    std::vector<acc_t> row_max(rows), row_inv_sum(rows);
+    portable_kernel<scalar_t>(in, out, row_max.data(), row_inv_sum.data());
+    portable_key_mass<scalar_t>(in, row_max.data(), row_inv_sum.data(), mass);
+  });
+  return {out, mass};
+}
 
 at::Tensor dot_product_attention_cpu(const at::Tensor& q, const at::Tensor& k,
                                      const at::Tensor& v, double scale) {
@@ -327,6 +476,7 @@ std::string attention_cpu_kernel(int64_t head_dim) {
 
 TORCH_LIBRARY_IMPL(mmsgformer, CPU, m) {
   m.impl("dot_product_attention", &dot_product_attention_cpu);
+  m.impl("dot_product_attention_key_mass", &dot_product_attention_key_mass_cpu);
 }
 
 }  // namespace mmsgformer
