@@ -13,7 +13,8 @@ import torch.nn.functional as F
 
 from mmsgformer import ops
 from mmsgformer.ops import (dot_product_attention, dot_product_attention_key_mass_reference,
-                            dot_product_attention_reference, op_available, vector_kernel_applies)
+                            dot_product_attention_reference, op_available, vector_kernel_applies,
+                            vector_training_applies)
 from mmsgformer.ops.attention import cpu_kernel
 
 BUILT = op_available()  # loads mmsgformer._C (registers torch.ops.mmsgformer.*) when built
@@ -56,9 +57,11 @@ SHAPES = [(2, 8, 196, 147, 32), (1, 8, 300, 3150, 32), (2, 16, 49, 49, 32), (1, 
 def test_float64_equals_sdpa(shape):
     B, H, Nq, Nk, D = shape
     q, k, v = make_qkv(B, H, Nq, Nk, D, dtype=torch.float64, seed=Nq + Nk)
-    out = OP.dot_product_attention(q, k, v, D ** -0.5)
+    out, lse = OP.dot_product_attention(q, k, v, D ** -0.5)
     assert out.shape == (B, H, Nq, D) and out.dtype == torch.float64
     assert torch.allclose(out, expected(q, k, v, D ** -0.5), atol=1e-12, rtol=0)
+    exp_lse = torch.logsumexp((q @ k.transpose(-2, -1)) * D ** -0.5, dim=-1)
+    assert lse.dtype == torch.float64 and torch.allclose(lse, exp_lse, atol=1e-12, rtol=0)
 
 
 @pytest.mark.parametrize('shape', SHAPES)
@@ -68,17 +71,19 @@ def test_float32_close_to_sdpa(shape, spread):
     4 makes peaked softmaxes (logits up to ~100), which test the running maximum."""
     B, H, Nq, Nk, D = shape
     q, k, v = make_qkv(B, H, Nq, Nk, D, seed=Nq * Nk, spread=spread)
-    out = OP.dot_product_attention(q, k, v, D ** -0.5)
+    out, lse = OP.dot_product_attention(q, k, v, D ** -0.5)
     exp = expected(q, k, v, D ** -0.5)
     torch_err = (F.scaled_dot_product_attention(q, k, v, scale=D ** -0.5) - exp).abs().max()
     err = (out - exp).abs().max()
     assert err <= max(4 * torch_err, 1e-6), (err, torch_err)
+    exp_lse = torch.logsumexp((q.double() @ k.double().transpose(-2, -1)) * D ** -0.5, dim=-1)
+    assert torch.allclose(lse.double(), exp_lse, atol=1e-5, rtol=1e-6)
 
 
 def test_output_layout_is_tokens_major():
     """The output's memory is (B, Nq, H, D): the model's transpose + reshape copies nothing."""
     q, k, v = make_qkv(2, 4, 30, 20, 32)
-    out = OP.dot_product_attention(q, k, v, 0.2)
+    out = OP.dot_product_attention(q, k, v, 0.2)[0]
     assert out.stride() == (30 * 4 * 32, 32, 4 * 32, 1)
     merged = out.transpose(1, 2).reshape(2, 30, 128)
     assert merged.data_ptr() == out.data_ptr()
@@ -92,29 +97,77 @@ def test_strided_and_non_contiguous_inputs():
     k, v = kv[0], kv[1]
     qd = torch.randn(2, 4, 32, 25, generator=gen).transpose(-2, -1)  # strided head dim
     for qq in (q, qd):
-        out = OP.dot_product_attention(qq, k, v, 0.3)
+        out = OP.dot_product_attention(qq, k, v, 0.3)[0]
         assert torch.allclose(out, expected(qq, k, v, 0.3).float(), atol=1e-5, rtol=0)
 
 
 def test_empty_query_set():
     q, k, v = make_qkv(2, 3, 0, 5, 32)
-    assert OP.dot_product_attention(q, k, v, 0.1).shape == (2, 3, 0, 32)
+    out, lse = OP.dot_product_attention(q, k, v, 0.1)
+    assert out.shape == (2, 3, 0, 32) and lse.shape == (2, 3, 0)
 
 
 def test_gradcheck_float64():
     for D in (32, 5):
         q, k, v = make_qkv(2, 2, 7, 9, D, dtype=torch.float64, seed=D, requires_grad=True)
-        assert torch.autograd.gradcheck(lambda a, b, c: OP.dot_product_attention(a, b, c, 0.4),
+        assert torch.autograd.gradcheck(lambda a, b, c: OP.dot_product_attention(a, b, c, 0.4)[0],
                                         (q, k, v))
 
 
 def test_gradients_equal_sdpa():
     q, k, v = make_qkv(1, 2, 40, 33, 32, dtype=torch.float64, seed=5, requires_grad=True)
     g = torch.randn(1, 2, 40, 32, dtype=torch.float64)
-    got = torch.autograd.grad(OP.dot_product_attention(q, k, v, 0.2), (q, k, v), g)
+    got = torch.autograd.grad(OP.dot_product_attention(q, k, v, 0.2)[0], (q, k, v), g)
     exp = torch.autograd.grad(F.scaled_dot_product_attention(q, k, v, scale=0.2), (q, k, v), g)
     for a, e in zip(got, exp):
         assert torch.allclose(a, e, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize('shape', SHAPES)
+def test_float32_gradients_close_to_sdpa(shape):
+    """The backward kernel (AVX-512 at D=32 where present): within a few float32 roundings of
+    the float64 gradients, like PyTorch's own flash backward."""
+    B, H, Nq, Nk, D = shape
+    q, k, v = make_qkv(B, H, Nq, Nk, D, seed=Nq + 3 * Nk, spread=2.0, requires_grad=True)
+    g = torch.randn(B, H, Nq, D, generator=torch.Generator().manual_seed(1))
+    got = torch.autograd.grad(OP.dot_product_attention(q, k, v, D ** -0.5)[0], (q, k, v), g)
+    ref = torch.autograd.grad(F.scaled_dot_product_attention(q, k, v, scale=D ** -0.5),
+                              (q, k, v), g)
+    q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
+    exp = torch.autograd.grad(F.scaled_dot_product_attention(q64, k64, v64, scale=D ** -0.5),
+                              (q64, k64, v64), g.double())
+    for name, a, r, e in zip('qkv', got, ref, exp):
+        err, torch_err = (a - e).abs().max(), (r - e).abs().max()
+        assert err <= max(4 * torch_err, 1e-5 * e.abs().max()), (name, err, torch_err)
+
+
+def test_backward_of_an_empty_query_set():
+    q, k, v = make_qkv(1, 2, 0, 5, 32, requires_grad=True)
+    out = OP.dot_product_attention(q, k, v, 0.1)[0]
+    gq, gk, gv = torch.autograd.grad(out.sum(), (q, k, v), allow_unused=True)
+    assert gq.shape == q.shape and torch.equal(gk, torch.zeros_like(k))
+    assert torch.equal(gv, torch.zeros_like(v))
+
+
+def test_backward_op_checks():
+    q, k, v = make_qkv(1, 2, 5, 6, 32)
+    out, lse = OP.dot_product_attention(q, k, v, 0.1)
+    with pytest.raises(ValueError, match=r'lse must be \(B, H, Nq\) = \(1, 2, 5\)'):
+        OP.dot_product_attention_backward(out, q, k, v, out, lse[..., :4], 0.1)
+    with pytest.raises(ValueError, match=r'grad_out must be \(B, H, Nq, D\)'):
+        OP.dot_product_attention_backward(out[:, :, :4], q, k, v, out, lse, 0.1)
+    with pytest.raises(ValueError, match="out .* must have q's dtype"):
+        OP.dot_product_attention_backward(out, q, k, v, out.double(), lse, 0.1)
+
+
+@pytest.mark.skipif(not hasattr(torch.library, 'opcheck'),
+                    reason=f'torch {torch.__version__} has no torch.library.opcheck (torch >= 2.4)')
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+def test_backward_opcheck(dtype):
+    q, k, v = make_qkv(2, 2, 29, 40, 32, dtype=dtype)
+    out, lse = OP.dot_product_attention(q, k, v, 0.25)
+    g = torch.randn_like(out)
+    torch.library.opcheck(OP.dot_product_attention_backward, (g, q, k, v, out, lse, 0.25))
 
 
 @pytest.mark.skipif(not hasattr(torch.library, 'opcheck'),
@@ -129,7 +182,7 @@ def test_compile_fullgraph():
     q, k, v = make_qkv(1, 2, 50, 40, 32, seed=9)
 
     def f(q_, k_, v_):
-        return torch.tanh(OP.dot_product_attention(q_ * 2.0, k_, v_, 0.3)).sum(-1)
+        return torch.tanh(OP.dot_product_attention(q_ * 2.0, k_, v_, 0.3)[0]).sum(-1)
 
     torch._dynamo.reset()
     got = torch.compile(f, fullgraph=True, backend='aot_eager')(q, k, v)
@@ -142,7 +195,7 @@ def test_compile_fullgraph():
 def test_key_mass_float64_equals_reference(shape):
     B, H, Nq, Nk, D = shape
     q, k, v = make_qkv(B, H, Nq, Nk, D, dtype=torch.float64, seed=Nq + 2 * Nk)
-    out, mass = OP.dot_product_attention_key_mass(q, k, v, D ** -0.5)
+    out, lse, mass = OP.dot_product_attention_key_mass(q, k, v, D ** -0.5)
     exp_out, exp_mass = dot_product_attention_key_mass_reference(q, k, v, D ** -0.5)
     assert mass.shape == (B, Nk) and mass.dtype == torch.float64
     assert torch.allclose(out, exp_out, atol=1e-12, rtol=0)
@@ -155,8 +208,9 @@ def test_key_mass_float32_close_to_reference(shape):
     (each work item sums 48 rows in float32, the rest is summed in float64)."""
     B, H, Nq, Nk, D = shape
     q, k, v = make_qkv(B, H, Nq, Nk, D, seed=Nq * Nk + 1, spread=2.0)
-    out, mass = OP.dot_product_attention_key_mass(q, k, v, D ** -0.5)
-    assert torch.equal(out, OP.dot_product_attention(q, k, v, D ** -0.5))
+    out, lse, mass = OP.dot_product_attention_key_mass(q, k, v, D ** -0.5)
+    exp_out, exp_lse = OP.dot_product_attention(q, k, v, D ** -0.5)
+    assert torch.equal(out, exp_out) and torch.equal(lse, exp_lse)
     _, exp_mass = dot_product_attention_key_mass_reference(q.double(), k.double(), v.double(),
                                                            D ** -0.5)
     assert torch.allclose(mass.double(), exp_mass, atol=1e-9, rtol=1e-5)
@@ -165,7 +219,7 @@ def test_key_mass_float32_close_to_reference(shape):
 
 def test_key_mass_of_an_empty_query_set_is_zero():
     q, k, v = make_qkv(2, 3, 0, 5, 32)
-    out, mass = OP.dot_product_attention_key_mass(q, k, v, 0.1)
+    out, _, mass = OP.dot_product_attention_key_mass(q, k, v, 0.1)
     assert out.shape == (2, 3, 0, 32) and torch.equal(mass, torch.zeros(2, 5))
 
 
@@ -173,8 +227,8 @@ def test_key_mass_gradcheck_and_no_gradient_through_mass():
     q, k, v = make_qkv(1, 2, 6, 9, 32, dtype=torch.float64, seed=2, requires_grad=True)
     assert torch.autograd.gradcheck(
         lambda a, b, c: OP.dot_product_attention_key_mass(a, b, c, 0.4)[0], (q, k, v))
-    out, mass = OP.dot_product_attention_key_mass(q, k, v, 0.4)
-    assert out.requires_grad and not mass.requires_grad
+    out, lse, mass = OP.dot_product_attention_key_mass(q, k, v, 0.4)
+    assert out.requires_grad and not mass.requires_grad and not lse.requires_grad
 
 
 @pytest.mark.skipif(not hasattr(torch.library, 'opcheck'),
@@ -187,8 +241,10 @@ def test_key_mass_opcheck(dtype, grad):
 
 def test_key_mass_fake_kernel():
     q, k, v = make_qkv(2, 2, 5, 6, 32)
-    out, mass = OP.dot_product_attention_key_mass(q.to('meta'), k.to('meta'), v.to('meta'), 0.1)
-    assert out.shape == (2, 2, 5, 32) and mass.shape == (2, 6) and mass.device.type == 'meta'
+    out, lse, mass = OP.dot_product_attention_key_mass(q.to('meta'), k.to('meta'), v.to('meta'),
+                                                       0.1)
+    assert out.shape == (2, 2, 5, 32) and lse.shape == (2, 2, 5) and mass.shape == (2, 6)
+    assert mass.device.type == 'meta'
     with pytest.raises(ValueError, match='k has 6 keys but v has 5 values'):
         OP.dot_product_attention_key_mass(q, k, v[:, :, :5], 0.1)
 
@@ -241,7 +297,7 @@ def test_bad_input_raises_value_error(case):
 
 def test_fake_kernel_checks_and_layout():
     q, k, v = make_qkv(1, 2, 5, 6, 32)
-    meta = OP.dot_product_attention(q.to('meta'), k.to('meta'), v.to('meta'), 0.1)
+    meta = OP.dot_product_attention(q.to('meta'), k.to('meta'), v.to('meta'), 0.1)[0]
     assert meta.shape == (1, 2, 5, 32) and meta.stride() == (320, 32, 64, 1)
     with pytest.raises(ValueError, match='k dtype .* must equal q dtype'):
         OP.dot_product_attention(q.to('meta'), k.double().to('meta'), v.to('meta'), 0.1)
@@ -259,6 +315,16 @@ def test_python_face_implementations():
         dot_product_attention(q, k, v, 0.2, impl='fast')
     with pytest.raises(ValueError, match="q is on meta but the op has only a CPU kernel"):
         dot_product_attention(q.to('meta'), k.to('meta'), v.to('meta'), 0.2, impl='op')
+
+
+def test_vector_training_applies_with_enough_heads():
+    vector = cpu_kernel(32) == 'avx512'
+    threads = torch.get_num_threads()
+    q, k, v = make_qkv(1, threads, 20, 30, 32, requires_grad=True)
+    assert vector_training_applies(q, k, v) == vector
+    if threads > 1:
+        assert not vector_training_applies(q[:, 1:], k[:, 1:], v[:, 1:])
+    assert not vector_training_applies(q.double(), k.double(), v.double())
 
 
 def test_vector_kernel_applies_only_without_gradient():
@@ -291,9 +357,33 @@ def test_attention_modules_with_the_op_equal_torch_kernel(monkeypatch):
         assert torch.allclose(fast, ref, atol=1e-5, rtol=0)
 
 
-def test_model_uses_the_op_in_inference_only(monkeypatch):
-    """float32 inference of the self-guided and standard blocks goes through the op where its
-    vector path applies; training and the plain path never call it."""
+def test_self_guided_training_with_the_op_equals_torch_kernel(monkeypatch):
+    """float32 training of a self-guided block: output and gradients with the op (where it
+    applies) equal those with PyTorch's kernels to float32 rounding."""
+    from mmsgformer.models.attention import SelfGuidedAttention
+    torch.manual_seed(0)
+    H, W = 12, 16
+    module = SelfGuidedAttention(128, 4, 4)
+    y = torch.randn(2, H * W, 128, requires_grad=True)
+    significance = torch.rand(2, H, W)
+    results = []
+    for applies in (True, False):
+        with monkeypatch.context() as m:
+            if not applies:
+                m.setattr(ops, 'vector_training_applies', lambda *a: False)
+            out = module(y, H, W, significance)[0]
+            grads = torch.autograd.grad(out.square().sum(), [y] + list(module.parameters()))
+        results.append((out, grads))
+    (out, grads), (exp_out, exp_grads) = results
+    assert torch.allclose(out, exp_out, atol=1e-5, rtol=0)
+    for a, e in zip(grads, exp_grads):
+        assert torch.allclose(a, e, atol=1e-4 * e.abs().max(), rtol=1e-4)
+
+
+def test_model_uses_the_ops_where_they_apply(monkeypatch):
+    """float32 inference goes through the op in every self-guided and standard block (heads of
+    32); training where a block has at least as many (b, h) pairs as threads; the plain path
+    never."""
     from mmsgformer.models.sgformer import SGFormer
     if cpu_kernel(32) != 'avx512':
         pytest.skip("this CPU has no AVX-512: the model keeps PyTorch's kernel")
@@ -308,11 +398,14 @@ def test_model_uses_the_op_in_inference_only(monkeypatch):
     with torch.no_grad():
         model(x)
     # one self-guided block in each of stages 1-3, one standard block: all heads of 32
-    assert [tuple(s[1:]) for s in calls] == [(2, 384, 32), (4, 96, 32), (8, 24, 32),
-                                             (16, 6, 32)]
+    shapes = [(2, 384, 32), (4, 96, 32), (8, 24, 32), (16, 6, 32)]
+    assert [tuple(s[1:]) for s in calls] == shapes
     calls.clear()
     model.train()
     sum(o.square().mean() for o in model(x)).backward()
+    threads = torch.get_num_threads()
+    assert [tuple(s[1:]) for s in calls] == [s for s in shapes if s[0] >= threads]
+    calls.clear()
     with torch.no_grad():
         SGFormer(arch=arch, fast_path=False).eval()(x)
     assert calls == []

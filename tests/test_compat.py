@@ -113,10 +113,10 @@ LEGACY_SCRIPT = textwrap.dedent('''
     q, k, v = (torch.randn(1, 2, n, 32, dtype=torch.float64, requires_grad=True)
                for n in (5, 7, 7))
     print('attention_gradcheck', torch.autograd.gradcheck(
-        lambda a, b, c: OP.dot_product_attention(a, b, c, 0.3), (q, k, v)))
-    meta = OP.dot_product_attention(q.to('meta'), k.to('meta'), v.to('meta'), 0.3)
+        lambda a, b, c: OP.dot_product_attention(a, b, c, 0.3)[0], (q, k, v)))
+    meta = OP.dot_product_attention(q.to('meta'), k.to('meta'), v.to('meta'), 0.3)[0]
     print('attention_meta', tuple(meta.shape), tuple(meta.stride()))
-    out, mass = OP.dot_product_attention_key_mass(q, k, v, 0.3)
+    out, _, mass = OP.dot_product_attention_key_mass(q, k, v, 0.3)
     print('key_mass_grad', out.requires_grad, mass.requires_grad, torch.autograd.gradcheck(
         lambda a, b, c: OP.dot_product_attention_key_mass(a, b, c, 0.3)[0], (q, k, v)))
 ''')

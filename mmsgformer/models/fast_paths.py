@@ -12,6 +12,10 @@ Training (autograd on):
   output comes from ``F.scaled_dot_product_attention``, whose flash kernels keep only the
   log-sum-exp for backward instead of the ``(B, g, Nq, Nk)`` probabilities; the significance
   (key mass) is taken in a no-grad pass over query chunks that never holds the full matrix.
+  In float32 with head width 32 on AVX-512 CPUs the coarse branch's output and mass come from
+  the op ``mmsgformer::dot_product_attention_key_mass`` instead, and the self-guided and
+  standard blocks' attention from ``mmsgformer::dot_product_attention`` (:func:`attention`;
+  design §18), when there are at least as many ``(b, h)`` pairs as threads.
 * :func:`ffn_tail` (``fc2(GELU(z + dwconv(z)))``) and :func:`norm_act_conv`
   (``conv(GELU(GroupNorm(x)))`` of the stem and the downsampling) save only their input and
   recompute the cheap element-wise / depthwise part in backward: the GELU input, the GELU output
@@ -149,14 +153,22 @@ def attention(module: nn.Module, q: torch.Tensor, k: torch.Tensor, v: torch.Tens
     """``softmax(scale * q k^T) v`` of the self-guided and standard blocks: ``q (B, h, Nq, d)``,
     ``k, v (B, h, Nk, d)`` -> ``(B, h, Nq, d)``.
 
-    The plain path is ``F.scaled_dot_product_attention``. The fast path, in inference on the
-    CPU (float32, ``d = 32``, AVX-512), is the compiled kernel ``mmsgformer::dot_product_attention``
-    (design §18), which beats PyTorch's flash kernel at ``d = 32``. While compiling, tracing or
-    exporting, and wherever a gradient is needed, PyTorch's kernel runs.
+    The plain path is ``F.scaled_dot_product_attention``. The fast path, on the CPU in float32
+    with ``d = 32`` and AVX-512, is the compiled op ``mmsgformer::dot_product_attention`` (design
+    §18; its forward and backward beat PyTorch's flash kernels at ``d = 32``): in inference, and
+    in training when there are at least as many ``(b, h)`` pairs as threads. While compiling,
+    tracing or exporting PyTorch's kernel runs.
     """
-    if use_fast_path(module) and not is_tracing() and ops.vector_kernel_applies(q, k, v):
+    if use_fast_path(module) and not is_tracing() and _attention_op_applies(q, k, v):
         return ops.dot_product_attention(q, k, v, scale, impl='op')
     return F.scaled_dot_product_attention(q, k, v, scale=scale)
+
+
+def _attention_op_applies(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
+    """The attention ops' vector path, for this call's mode (inference or training)."""
+    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+    return (ops.vector_training_applies(q, k, v) if needs_grad
+            else ops.vector_kernel_applies(q, k, v))
 
 # Inference: above this many score elements the coarse branch runs in query chunks (never at
 # 224/448 with ordinary batches, so the official operation order is kept there). Training: the
@@ -191,11 +203,11 @@ def attention_and_key_mass(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sc
     ``(Bt, 1, 1, Nk)`` (``-inf`` on padded keys), ``query_mask (Bt, Nq)`` / ``query_counts
     (Bt, 1)`` to average over real queries only. Returns ``(o (Bt, g, Nq, d), mass (Bt, Nk))``.
 
-    With autograd: the output from ``F.scaled_dot_product_attention`` (backward keeps the
-    log-sum-exp, not the probabilities) and the mass from a no-grad pass in query chunks.
-    Without autograd: output and mass from the same chunked pass, or, without a mask where the
-    op's AVX-512 path applies (the coarse branch in float32), from
-    ``mmsgformer::dot_product_attention_key_mass`` (design §18).
+    Without a mask (the coarse branch), where the attention ops' AVX-512 path applies (float32,
+    see :func:`attention`): both from ``mmsgformer::dot_product_attention_key_mass`` (design
+    §18; its backward keeps the log-sum-exp, not the probabilities). Otherwise, with autograd:
+    the output from ``F.scaled_dot_product_attention`` (the same holds) and the mass from a
+    no-grad pass in query chunks; without autograd: output and mass from the same chunked pass.
 
     Each chunk costs one score GEMM, the softmax, (inference) the value GEMM and one reduction
     over heads and queries: the scale is applied to the queries (``Nq*d`` values, not
@@ -208,8 +220,8 @@ def attention_and_key_mass(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sc
     needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
     if not needs_grad and Bt * g * Nq * Nk <= _CHUNK_INFERENCE_ABOVE:
         return plain(q, k, v, scale, key_bias, query_mask, query_counts)
-    if (not needs_grad and key_bias is None and query_mask is None and not is_tracing()
-            and ops.vector_kernel_applies(q, k, v)):
+    if (key_bias is None and query_mask is None and not is_tracing()
+            and _attention_op_applies(q, k, v)):
         return ops.dot_product_attention_key_mass(q, k, v, scale)  # the coarse branch
     out = None
     if needs_grad:

@@ -19,7 +19,7 @@ import torch
 from ..compat import is_compiling  # torch.compiler.is_compiling needs torch >= 2.3
 from .attention import (ATTENTION_IMPLS, dot_product_attention, dot_product_attention_key_mass,
                         dot_product_attention_key_mass_reference, dot_product_attention_reference,
-                        vector_kernel_applies)
+                        vector_kernel_applies, vector_training_applies)
 from .layout import SegmentLayout, group_sizes_for, segment_layout
 from .reference import sg_aggregate_reference
 
@@ -27,7 +27,7 @@ __all__ = ['SegmentLayout', 'segment_layout', 'group_sizes_for', 'sg_aggregate',
            'sg_aggregate_reference', 'op_available', 'set_debug', 'debug_enabled', 'IMPLS',
            'dot_product_attention', 'dot_product_attention_reference',
            'dot_product_attention_key_mass', 'dot_product_attention_key_mass_reference',
-           'vector_kernel_applies', 'ATTENTION_IMPLS']
+           'vector_kernel_applies', 'vector_training_applies', 'ATTENTION_IMPLS']
 
 IMPLS = ('auto', 'op', 'reference')
 

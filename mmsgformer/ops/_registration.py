@@ -3,13 +3,14 @@
 Importing this module loads the extension ``mmsgformer._C`` (whose static initializers define the
 ops and their CPU/CUDA kernels) and registers what the dispatcher needs from Python:
 
-* fake (meta) kernels for ``sg_aggregate``, ``sg_aggregate_backward``,
-  ``dot_product_attention`` and ``dot_product_attention_key_mass``, so ``torch.compile`` and FakeTensor tracing see the output shapes
+* fake (meta) kernels for ``sg_aggregate``, ``sg_aggregate_backward`` and the three
+  ``dot_product_attention*`` ops, so ``torch.compile`` and FakeTensor tracing see the output shapes
   without running the kernels;
 * the autograd formulas: for ``sg_aggregate`` gradients to ``tokens``, ``weight`` and ``bias``
   (none to ``order``; only ``tokens``, ``order`` and ``weight`` are saved for backward, never a
-  permuted copy of the tokens); for the attention ops gradients to ``q``, ``k`` and ``v``
-  (none through the key mass; design §18: the model uses them in inference only).
+  permuted copy of the tokens); for the two attention ops gradients to ``q``, ``k`` and ``v``
+  from ``dot_product_attention_backward`` (none through the log-sum-exp and the key mass;
+  design §18).
 
 On torch >= 2.4 both go through ``torch.library.register_fake`` / ``register_autograd``. Older
 torch (2.1-2.3) lacks them: the same fake functions become Python ``Meta`` kernels and the same
@@ -143,11 +144,10 @@ def _autograd_kernel(tokens: torch.Tensor, order: torch.Tensor, weight: torch.Te
 # ------------------------------------------------------------------ dot_product_attention
 
 
-def _attention_fake(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                    scale: float) -> torch.Tensor:
-    """Shape checks of the C++ op on metadata; the output has the kernel's memory layout
-    ``(B, Nq, H, D)``, seen as ``(B, H, Nq, D)``."""
-    op = 'dot_product_attention'
+def _attention_output_fake(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                           op: str = 'dot_product_attention') -> Tuple[torch.Tensor, torch.Tensor]:
+    """Shape checks of the C++ ops on metadata. Returns ``(out, lse)``: ``out`` with the kernel's
+    memory layout ``(B, Nq, H, D)``, seen as ``(B, H, Nq, D)``; ``lse (B, H, Nq)``."""
     if q.dim() != 4:
         raise ValueError(f'{op}: q must be (B, H, Nq, D), got shape {tuple(q.shape)}')
     if q.dtype not in (torch.float32, torch.float64):
@@ -166,95 +166,91 @@ def _attention_fake(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     torch._check(k.shape[2] == v.shape[2], lambda: f'{op}: k has {k.shape[2]} keys but v has '
                                                    f'{v.shape[2]} values')
     B, H, Nq, D = q.shape
-    return q.new_empty((B, Nq, H, D)).transpose(1, 2)
+    return q.new_empty((B, Nq, H, D)).transpose(1, 2), q.new_empty((B, H, Nq))
+
+
+def _attention_fake(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                    scale: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    return _attention_output_fake(q, k, v)
 
 
 def _attention_key_mass_fake(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                             scale: float) -> Tuple[torch.Tensor, torch.Tensor]:
-    """``(out (B, H, Nq, D), mass (B, Nk))``, with the checks of :func:`_attention_fake`."""
-    return _attention_fake(q, k, v, scale), q.new_empty((q.shape[0], k.shape[2]))
+                             scale: float) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(out (B, H, Nq, D), lse (B, H, Nq), mass (B, Nk))``."""
+    out, lse = _attention_output_fake(q, k, v, 'dot_product_attention_key_mass')
+    return out, lse, q.new_empty((q.shape[0], k.shape[2]))
+
+
+def _attention_backward_fake(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
+                             v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
+                             scale: float) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    op = 'dot_product_attention_backward'
+    grad_q, _ = _attention_output_fake(q, k, v, op)
+    for name, t in (('out', out), ('grad_out', grad_out)):
+        if t.shape != q.shape:
+            raise ValueError(f'{op}: {name} must be (B, H, Nq, D) = {tuple(q.shape)} like q, '
+                             f'got {tuple(t.shape)}')
+    if lse.shape != q.shape[:3]:
+        raise ValueError(f'{op}: lse must be (B, H, Nq) = {tuple(q.shape[:3])}, '
+                         f'got {tuple(lse.shape)}')
+    return (grad_q, torch.empty_like(k, memory_format=torch.contiguous_format),
+            torch.empty_like(v, memory_format=torch.contiguous_format))
 
 
 def _attention_setup_context(ctx, inputs, output) -> None:
+    """Both forward ops: save ``q, k, v, out, lse`` (what a flash kernel saves); the
+    log-sum-exp and the key mass are not differentiable."""
     q, k, v, scale = inputs
-    out = output
-    if isinstance(output, tuple):  # dot_product_attention_key_mass: (out, mass)
-        out = output[0]
-        ctx.mark_non_differentiable(output[1])
-    ctx.save_for_backward(q, k, v, out)
+    out, lse = output[0], output[1]
+    ctx.mark_non_differentiable(*output[1:])
+    ctx.save_for_backward(q, k, v, out, lse)
     ctx.scale = scale
 
 
-def _attention_backward(ctx, grad_out: torch.Tensor):
-    """The formulas of ``csrc/dot_product_attention.h``, in PyTorch operations. They hold the
-    ``(B, H, Nq, Nk)`` probabilities: this backward is there for completeness and for checking
-    (gradcheck); training takes ``F.scaled_dot_product_attention``, whose flash backward does not
-    hold them (design §18)."""
-    q, k, v, out = ctx.saved_tensors
-    scale = ctx.scale
-    probs = torch.softmax((q * scale) @ k.transpose(-2, -1), dim=-1)
-    grad_v = probs.transpose(-2, -1) @ grad_out
-    grad_probs = grad_out @ v.transpose(-2, -1)
-    row_dot = (grad_out * out).sum(-1, keepdim=True)  # = rowsum(dP * P)
-    grad_scores = probs * (grad_probs - row_dot) * scale
-    grad_q = grad_scores @ k
-    grad_k = grad_scores.transpose(-2, -1) @ q
+def _attention_backward(ctx, grad_out: torch.Tensor, *_not_differentiable):
+    """Gradients to ``q, k, v`` from ``dot_product_attention_backward`` (the formulas of
+    ``csrc/dot_product_attention.h``; the probabilities are recomputed from the log-sum-exp,
+    never held)."""
+    q, k, v, out, lse = ctx.saved_tensors
     need_q, need_k, need_v = ctx.needs_input_grad[:3]
+    if not (need_q or need_k or need_v):
+        return None, None, None, None
+    grad_q, grad_k, grad_v = torch.ops.mmsgformer.dot_product_attention_backward(
+        grad_out, q, k, v, out, lse, ctx.scale)
     return (grad_q if need_q else None, grad_k if need_k else None,
             grad_v if need_v else None, None)
 
 
-def _attention_key_mass_backward(ctx, grad_out: torch.Tensor, grad_mass: torch.Tensor):
-    """Gradients of ``out`` only: the key mass is a detached quantity (the significance map
-    never needs a gradient, design §5.1); a gradient arriving for it is ignored."""
-    return _attention_backward(ctx, grad_out)
-
-
 class DotProductAttentionFunction(torch.autograd.Function):
-    """``dot_product_attention`` with the formula of :func:`_attention_backward`, for torch
-    without ``register_autograd``."""
+    """``dot_product_attention`` (``key_mass=False``) or ``dot_product_attention_key_mass``
+    with the gradients of :func:`_attention_backward`, for torch without ``register_autograd``."""
 
     @staticmethod
-    def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                scale: float) -> torch.Tensor:
-        """``q (B, H, Nq, D)``, ``k, v (B, H, Nk, D)`` -> ``(B, H, Nq, D)``."""
+    def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
+                key_mass: bool) -> Tuple[torch.Tensor, ...]:
+        """``q (B, H, Nq, D)``, ``k, v (B, H, Nk, D)`` -> the op's outputs."""
+        op = (torch.ops.mmsgformer.dot_product_attention_key_mass if key_mass
+              else torch.ops.mmsgformer.dot_product_attention)
         with torch._C._AutoDispatchBelowAutograd():
-            out = torch.ops.mmsgformer.dot_product_attention(q, k, v, scale)
-        _attention_setup_context(ctx, (q, k, v, scale), out)
-        return out
+            outputs = op(q, k, v, scale)
+        _attention_setup_context(ctx, (q, k, v, scale), outputs)
+        return outputs
 
     @staticmethod
-    def backward(ctx, grad_out: torch.Tensor):
-        return _attention_backward(ctx, grad_out)
-
-
-class DotProductAttentionKeyMassFunction(torch.autograd.Function):
-    """``dot_product_attention_key_mass`` for torch without ``register_autograd``."""
-
-    @staticmethod
-    def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                scale: float) -> Tuple[torch.Tensor, torch.Tensor]:
-        """``q (B, H, Nq, D)``, ``k, v (B, H, Nk, D)`` -> ``(out (B, H, Nq, D), mass (B, Nk))``."""
-        with torch._C._AutoDispatchBelowAutograd():
-            out, mass = torch.ops.mmsgformer.dot_product_attention_key_mass(q, k, v, scale)
-        _attention_setup_context(ctx, (q, k, v, scale), (out, mass))
-        return out, mass
-
-    @staticmethod
-    def backward(ctx, grad_out: torch.Tensor, grad_mass: torch.Tensor):
-        return _attention_key_mass_backward(ctx, grad_out, grad_mass)
+    def backward(ctx, grad_out: torch.Tensor, *_not_differentiable):
+        return _attention_backward(ctx, grad_out) + (None, )
 
 
 def _attention_autograd_kernel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                               scale: float) -> torch.Tensor:
+                               scale: float) -> Tuple[torch.Tensor, torch.Tensor]:
     """The ``Autograd`` dispatch-key kernel of ``dot_product_attention`` on torch < 2.4."""
-    return DotProductAttentionFunction.apply(q, k, v, scale)
+    return DotProductAttentionFunction.apply(q, k, v, scale, False)
 
 
 def _attention_key_mass_autograd_kernel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                                        scale: float) -> Tuple[torch.Tensor, torch.Tensor]:
+                                        scale: float) -> Tuple[torch.Tensor, ...]:
     """The ``Autograd`` kernel of ``dot_product_attention_key_mass`` on torch < 2.4."""
-    return DotProductAttentionKeyMassFunction.apply(q, k, v, scale)
+    return DotProductAttentionFunction.apply(q, k, v, scale, True)
 
 
 if LEGACY:
@@ -267,6 +263,7 @@ if LEGACY:
     _LIB.impl('dot_product_attention', _attention_autograd_kernel, 'Autograd')
     _LIB.impl('dot_product_attention_key_mass', _attention_key_mass_fake, 'Meta')
     _LIB.impl('dot_product_attention_key_mass', _attention_key_mass_autograd_kernel, 'Autograd')
+    _LIB.impl('dot_product_attention_backward', _attention_backward_fake, 'Meta')
 else:
     torch.library.register_fake('mmsgformer::sg_aggregate', _sg_aggregate_fake)
     torch.library.register_fake('mmsgformer::sg_aggregate_backward', _sg_aggregate_backward_fake)
@@ -278,5 +275,6 @@ else:
     torch.library.register_fake('mmsgformer::dot_product_attention_key_mass',
                                 _attention_key_mass_fake)
     torch.library.register_autograd('mmsgformer::dot_product_attention_key_mass',
-                                    _attention_key_mass_backward,
-                                    setup_context=_attention_setup_context)
+                                    _attention_backward, setup_context=_attention_setup_context)
+    torch.library.register_fake('mmsgformer::dot_product_attention_backward',
+                                _attention_backward_fake)

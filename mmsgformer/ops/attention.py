@@ -16,7 +16,7 @@ from .reference import dot_product_attention_key_mass_reference, dot_product_att
 
 __all__ = ['dot_product_attention', 'dot_product_attention_reference',
            'dot_product_attention_key_mass', 'dot_product_attention_key_mass_reference',
-           'cpu_kernel', 'vector_kernel_applies', 'ATTENTION_IMPLS']
+           'cpu_kernel', 'vector_kernel_applies', 'vector_training_applies', 'ATTENTION_IMPLS']
 
 ATTENTION_IMPLS = ('auto', 'op', 'reference', 'torch')
 
@@ -44,6 +44,17 @@ def vector_kernel_applies(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> 
     return cpu_kernel(q.shape[-1]) == 'avx512'
 
 
+def vector_training_applies(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
+    """Whether the op's AVX-512 forward and backward serve a training call: float32 CPU
+    tensors, head dimension 32, a CPU with AVX-512, and at least as many ``(b, h)`` pairs as
+    threads (the backward's work items; fewer would leave threads idle)."""
+    if q.device.type != 'cpu' or q.dtype != torch.float32 or q.dim() != 4:
+        return False
+    if q.shape[0] * q.shape[1] < torch.get_num_threads():
+        return False
+    return cpu_kernel(q.shape[-1]) == 'avx512'
+
+
 def dot_product_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
                           impl: str = 'auto') -> torch.Tensor:
     """``softmax(scale * q k^T) v``.
@@ -67,7 +78,7 @@ def dot_product_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sca
         return dot_product_attention_reference(q, k, v, scale)
     if impl == 'op' or (impl == 'auto' and vector_kernel_applies(q, k, v)):
         _check_op_usable(q)
-        return torch.ops.mmsgformer.dot_product_attention(q, k, v, float(scale))
+        return torch.ops.mmsgformer.dot_product_attention(q, k, v, float(scale))[0]
     return F.scaled_dot_product_attention(q, k, v, scale=scale)
 
 
@@ -84,7 +95,8 @@ def dot_product_attention_key_mass(q: torch.Tensor, k: torch.Tensor, v: torch.Te
         ``(out (B, H, Nq, D), mass (B, Nk))``; the mass carries no gradient.
     """
     _check_op_usable(q)
-    return torch.ops.mmsgformer.dot_product_attention_key_mass(q, k, v, float(scale))
+    out, _, mass = torch.ops.mmsgformer.dot_product_attention_key_mass(q, k, v, float(scale))
+    return out, mass
 
 
 def _check_op_usable(q: torch.Tensor) -> None:

@@ -7,6 +7,8 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include <utility>
+
 #include "dot_product_attention.h"
 
 namespace mmsgformer {
@@ -52,6 +54,31 @@ AttentionInputs prepare_attention(const at::Tensor& q, const at::Tensor& k, cons
   return AttentionInputs{rows_contiguous(q), rows_contiguous(k), rows_contiguous(v), scale};
 }
 
+AttentionGradInputs prepare_attention_backward(const at::Tensor& grad_out, const at::Tensor& q,
+                                               const at::Tensor& k, const at::Tensor& v,
+                                               const at::Tensor& out, const at::Tensor& lse,
+                                               double scale) {
+  const AttentionInputs in = prepare_attention(q, k, v, scale);
+  for (const auto& named : {std::make_pair("out", &out), std::make_pair("grad_out", &grad_out)}) {
+    const at::Tensor& t = *named.second;
+    TORCH_CHECK_VALUE(t.sizes() == q.sizes(), "dot_product_attention_backward: ", named.first,
+                      " must be (B, H, Nq, D) = ", q.sizes(), " like q, got ", t.sizes());
+    TORCH_CHECK_VALUE(t.scalar_type() == q.scalar_type() && t.device() == q.device(),
+                      "dot_product_attention_backward: ", named.first, " (", t.scalar_type(),
+                      ", ", t.device(), ") must have q's dtype and device (", q.scalar_type(),
+                      ", ", q.device(), ")");
+  }
+  TORCH_CHECK_VALUE(lse.dim() == 3 && lse.size(0) == q.size(0) && lse.size(1) == q.size(1) &&
+                        lse.size(2) == q.size(2),
+                    "dot_product_attention_backward: lse must be (B, H, Nq) = (", q.size(0), ", ",
+                    q.size(1), ", ", q.size(2), "), got ", lse.sizes());
+  TORCH_CHECK_VALUE(lse.scalar_type() == q.scalar_type() && lse.device() == q.device(),
+                    "dot_product_attention_backward: lse (", lse.scalar_type(), ", ",
+                    lse.device(), ") must have q's dtype and device");
+  return AttentionGradInputs{rows_contiguous(grad_out), in.q, in.k, in.v, rows_contiguous(out),
+                             lse.contiguous(), scale};
+}
+
 at::Tensor new_attention_output(const at::Tensor& q) {
   return at::empty({q.size(0), q.size(2), q.size(1), q.size(3)}, q.options()).transpose(1, 2);
 }
@@ -59,10 +86,15 @@ at::Tensor new_attention_output(const at::Tensor& q) {
 }  // namespace mmsgformer
 
 TORCH_LIBRARY_FRAGMENT(mmsgformer, m) {
-  m.def("dot_product_attention(Tensor q, Tensor k, Tensor v, float scale) -> Tensor");
+  m.def(
+      "dot_product_attention(Tensor q, Tensor k, Tensor v, float scale) -> "
+      "(Tensor out, Tensor lse)");
   m.def(
       "dot_product_attention_key_mass(Tensor q, Tensor k, Tensor v, float scale) -> "
-      "(Tensor out, Tensor mass)");
+      "(Tensor out, Tensor lse, Tensor mass)");
+  m.def(
+      "dot_product_attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, "
+      "Tensor out, Tensor lse, float scale) -> (Tensor grad_q, Tensor grad_k, Tensor grad_v)");
   m.def("dot_product_attention_cpu_kernel(int head_dim) -> str",
         [](int64_t head_dim) { return mmsgformer::attention_cpu_kernel(head_dim); });
 }

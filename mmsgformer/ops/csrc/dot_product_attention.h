@@ -17,10 +17,11 @@
 //
 // The vector kernel computes m_i and l_i online over chunks of keys (flash attention): after
 // chunk c, m_i is the maximum so far and the running sums are rescaled by exp(m_old - m_new).
-// Gradients (Python, ops/_registration.py), with P_ij = exp(s_ij - m_i) / l_i:
+// Both forward ops also return lse_i = m_i + log l_i, from which the backward op
+// (dot_product_attention_backward) recomputes P_ij = exp(s_ij - lse_i) tile by tile:
 //
-//   dv = P^T dout,  dP = dout v^T,  dS = P * (dP - rowsum(dP * P)),
-//   dq = scale * dS k,  dk = scale * dS^T q.
+//   dv = P^T dout,  dP = dout v^T,  dS = P * (dP - delta),  delta_i = <dout_i, out_i>
+//   (= rowsum(dP * P)),  dq = scale * dS k,  dk = scale * dS^T q.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -38,6 +39,19 @@ struct AttentionInputs {
 
 AttentionInputs prepare_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                   double scale);
+
+// The inputs of a backward call, checked like the forward's, plus the forward's output
+// (B, H, Nq, D), the output gradient (same shape) and the log-sum-exp lse (B, H, Nq) (q's
+// dtype; lse_i = m_i + log l_i).
+struct AttentionGradInputs {
+  at::Tensor grad_out, q, k, v, out, lse;
+  double scale;
+};
+
+AttentionGradInputs prepare_attention_backward(const at::Tensor& grad_out, const at::Tensor& q,
+                                               const at::Tensor& k, const at::Tensor& v,
+                                               const at::Tensor& out, const at::Tensor& lse,
+                                               double scale);
 
 // The output of a call: (B, H, Nq, D) whose memory is (B, Nq, H, D), so that the usual
 // `out.transpose(1, 2).reshape(B, Nq, H * D)` is free (the layout of PyTorch's flash kernel).

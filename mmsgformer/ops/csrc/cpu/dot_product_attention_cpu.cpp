@@ -51,12 +51,11 @@ namespace {
 
 // ------------------------------------------------------------------------- portable kernel
 
-// `row_max`, `row_inv_sum` (B * H * Nq accumulation-type values, or null): m_i and 1 / l_i of
-// every query row, for the key-mass pass.
+// Also writes m_i and 1 / l_i of every query row to `row_max`, `row_inv_sum` (B * H * Nq
+// accumulation-type values): the log-sum-exp for backward and the key-mass pass use them.
 template <typename scalar_t>
 void portable_kernel(const AttentionInputs& in, at::Tensor& out,
-                     at::opmath_type<scalar_t>* row_max = nullptr,
-                     at::opmath_type<scalar_t>* row_inv_sum = nullptr) {
+                     at::opmath_type<scalar_t>* row_max, at::opmath_type<scalar_t>* row_inv_sum) {
   using acc_t = at::opmath_type<scalar_t>;
   const at::Tensor &q = in.q, &k = in.k, &v = in.v;
   const int64_t B = q.size(0), H = q.size(1), Nq = q.size(2), D = q.size(3), Nk = k.size(2);
@@ -93,10 +92,8 @@ void portable_kernel(const AttentionInputs& in, at::Tensor& out,
       }
       scalar_t* oi = od + b * out.stride(0) + h * out.stride(1) + i * out.stride(2);
       for (int64_t d = 0; d < D; ++d) oi[d] = static_cast<scalar_t>(acc[d] / l);
-      if (row_max) {
-        row_max[r] = m;
-        row_inv_sum[r] = acc_t(1) / l;
-      }
+      row_max[r] = m;
+      row_inv_sum[r] = acc_t(1) / l;
     }
   });
 }
@@ -129,6 +126,69 @@ void portable_key_mass(const AttentionInputs& in, const at::opmath_type<scalar_t
         }
       }
       md[c] = static_cast<scalar_t>(total * norm);
+    }
+  });
+}
+
+// Gradients of one (b, h) per work item, rows in order (no two items write the same memory):
+// for each query row i, p_j = exp(s_ij - lse_i), ds_j = p_j (<dout_i, v_j> - <dout_i, out_i>);
+// dq_i = scale sum_j ds_j k_j, dk_j += scale ds_j q_i, dv_j += p_j dout_i.
+template <typename scalar_t>
+void portable_backward(const AttentionGradInputs& in, at::Tensor& grad_q, at::Tensor& grad_k,
+                       at::Tensor& grad_v) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const at::Tensor &q = in.q, &k = in.k, &v = in.v, &o = in.out, &g = in.grad_out;
+  const int64_t B = q.size(0), H = q.size(1), Nq = q.size(2), D = q.size(3), Nk = k.size(2);
+  const acc_t scale = static_cast<acc_t>(in.scale);
+  const scalar_t *qd = q.data_ptr<scalar_t>(), *kd = k.data_ptr<scalar_t>();
+  const scalar_t *vd = v.data_ptr<scalar_t>(), *od = o.data_ptr<scalar_t>();
+  const scalar_t* gd = g.data_ptr<scalar_t>();
+  const scalar_t* lse = in.lse.data_ptr<scalar_t>();
+  scalar_t *dq = grad_q.data_ptr<scalar_t>(), *dk = grad_k.data_ptr<scalar_t>();
+  scalar_t* dv = grad_v.data_ptr<scalar_t>();
+  at::parallel_for(0, B * H, 1, [&](int64_t i0, int64_t i1) {
+    std::vector<acc_t> p(Nk), ds(Nk), dk_acc(Nk * D), dv_acc(Nk * D), dq_acc(D);
+    for (int64_t bh = i0; bh < i1; ++bh) {
+      const int64_t b = bh / H, h = bh - b * H;
+      const scalar_t* kb = kd + b * k.stride(0) + h * k.stride(1);
+      const scalar_t* vb = vd + b * v.stride(0) + h * v.stride(1);
+      std::fill(dk_acc.begin(), dk_acc.end(), acc_t(0));
+      std::fill(dv_acc.begin(), dv_acc.end(), acc_t(0));
+      for (int64_t i = 0; i < Nq; ++i) {
+        const scalar_t* qi = qd + b * q.stride(0) + h * q.stride(1) + i * q.stride(2);
+        const scalar_t* oi = od + b * o.stride(0) + h * o.stride(1) + i * o.stride(2);
+        const scalar_t* gi = gd + b * g.stride(0) + h * g.stride(1) + i * g.stride(2);
+        const acc_t L = static_cast<acc_t>(lse[bh * Nq + i]);
+        acc_t delta = 0;
+        for (int64_t d = 0; d < D; ++d) delta += static_cast<acc_t>(gi[d]) * oi[d];
+        std::fill(dq_acc.begin(), dq_acc.end(), acc_t(0));
+        for (int64_t j = 0; j < Nk; ++j) {
+          const scalar_t* kj = kb + j * k.stride(2);
+          const scalar_t* vj = vb + j * v.stride(2);
+          acc_t s = 0, dp = 0;
+          for (int64_t d = 0; d < D; ++d) {
+            s += static_cast<acc_t>(qi[d]) * kj[d];
+            dp += static_cast<acc_t>(gi[d]) * vj[d];
+          }
+          const acc_t pj = std::exp(s * scale - L);
+          const acc_t dsj = pj * (dp - delta) * scale;
+          for (int64_t d = 0; d < D; ++d) {
+            dq_acc[d] += dsj * kj[d];
+            dk_acc[j * D + d] += dsj * qi[d];
+            dv_acc[j * D + d] += pj * gi[d];
+          }
+        }
+        scalar_t* dqi = dq + b * grad_q.stride(0) + h * grad_q.stride(1) + i * grad_q.stride(2);
+        for (int64_t d = 0; d < D; ++d) dqi[d] = static_cast<scalar_t>(dq_acc[d]);
+      }
+      for (int64_t j = 0; j < Nk; ++j) {
+        scalar_t* dkj = dk + b * grad_k.stride(0) + h * grad_k.stride(1) + j * grad_k.stride(2);
+        scalar_t* dvj = dv + b * grad_v.stride(0) + h * grad_v.stride(1) + j * grad_v.stride(2);
+        for (int64_t d = 0; d < D; ++d) {
+          dkj[d] = static_cast<scalar_t>(dk_acc[j * D + d]);
+          dvj[d] = static_cast<scalar_t>(dv_acc[j * D + d]);
+        }
+      }
     }
   });
 }
@@ -264,8 +324,8 @@ struct RowTile {
   float* out;           // first output row; rows `ldo` apart
   int64_t ldo;
   float* scores;        // kTileRows x kChunk scratch
-  float* row_max;       // null, or where the rows' m_i (base 2) go
-  float* row_inv_sum;   // null, or where the rows' 1 / l_i go
+  float* row_max;       // where the rows' m_i (base 2) go
+  float* row_inv_sum;   // where the rows' 1 / l_i go
 };
 
 template <int R>
@@ -289,10 +349,8 @@ MMSG_AVX512 void row_tile(const RowTile& t) {
   for (int r = 0; r < R; ++r) {
     const float inv = 1.f / l[r];
     for (int d = 0; d < kD; ++d) t.out[r * t.ldo + d] = acc[r * kD + d] * inv;
-    if (t.row_max) {
-      t.row_max[r] = m[r];
-      t.row_inv_sum[r] = inv;
-    }
+    t.row_max[r] = m[r];
+    t.row_inv_sum[r] = inv;
   }
 }
 
@@ -334,7 +392,9 @@ constexpr std::array<RowTileFn, sizeof...(Rs) + 1> row_tiles(std::integer_sequen
 // those of the first pass (48 query rows of one head, against all keys); each sums its rows'
 // probabilities in float32 and adds them to its thread's float64 row of key sums, which are
 // added up at the end (no two threads write the same memory).
-void avx512_kernel(const AttentionInputs& in, at::Tensor& out, at::Tensor* mass = nullptr) {
+// The rows' m_i (base 2) and 1 / l_i go to `row_max`, `row_inv_sum` (B * H * Nq each).
+void avx512_kernel(const AttentionInputs& in, at::Tensor& out, float* row_max, float* row_inv_sum,
+                   at::Tensor* mass = nullptr) {
   const at::Tensor &q = in.q, &k = in.k, &v = in.v;
   const int64_t B = q.size(0), H = q.size(1), Nq = q.size(2), Nk = k.size(2);
   if (B * H * Nq == 0) return;
@@ -356,11 +416,6 @@ void avx512_kernel(const AttentionInputs& in, at::Tensor& out, at::Tensor* mass 
   const float* qd = q.data_ptr<float>();
   const float* vd = v.data_ptr<float>();
   float* od = out.data_ptr<float>();
-  std::vector<float> row_max, row_inv_sum;
-  if (mass) {
-    row_max.resize(B * H * Nq);
-    row_inv_sum.resize(B * H * Nq);
-  }
   at::parallel_for(0, B * H * tasks_per_head, 1, [&](int64_t t0, int64_t t1) {
     std::vector<float> scores(kTileRows * kChunk);
     for (int64_t task = t0; task < t1; ++task) {
@@ -379,8 +434,8 @@ void avx512_kernel(const AttentionInputs& in, at::Tensor& out, at::Tensor* mass 
                            od + b * out.stride(0) + h * out.stride(1) + r * out.stride(2),
                            out.stride(2),
                            scores.data(),
-                           mass ? row_max.data() + i * Nq + r : nullptr,
-                           mass ? row_inv_sum.data() + i * Nq + r : nullptr};
+                           row_max + i * Nq + r,
+                           row_inv_sum + i * Nq + r};
         tiles[rows](tile);
       }
     }
@@ -408,8 +463,8 @@ void avx512_kernel(const AttentionInputs& in, at::Tensor& out, at::Tensor* mass 
           const int count = static_cast<int>(std::min<int64_t>(kChunk, Nk - j0));
           const int num_panels = (count + 2 * kPanel - 1) / (2 * kPanel) * 2;
           mass_fns[rows](qs, pd + i * Nk_padded * kD + j0 * kD, num_panels,
-                         row_max.data() + i * Nq + r, row_inv_sum.data() + i * Nq + r,
-                         scores.data(), task_sums.data() + j0);
+                         row_max + i * Nq + r, row_inv_sum + i * Nq + r, scores.data(),
+                         task_sums.data() + j0);
         }
       }
       for (int64_t j = 0; j < Nk; ++j) sums[b * Nk + j] += task_sums[j];
@@ -423,45 +478,221 @@ void avx512_kernel(const AttentionInputs& in, at::Tensor& out, at::Tensor* mass 
     md[c] = static_cast<float>(total * norm);
   }
 }
+
+// ------------------------------------------------------------------ AVX-512 backward kernel
+
+// acc[j] += sum_r coef[r][j] * rows[r] for j < count (acc: count x kD; rows: R x kD; coef: R
+// rows of a kChunk scratch). The R rows stay in 2R registers while the keys stream by.
+template <int R>
+MMSG_AVX512 void outer_tile(const float* coef, const float* rows, int count, float* acc) {
+  __m512 r0[R], r1[R];
+  for (int r = 0; r < R; ++r) {
+    r0[r] = _mm512_loadu_ps(rows + r * kD);
+    r1[r] = _mm512_loadu_ps(rows + r * kD + 16);
+  }
+  for (int j = 0; j < count; ++j) {
+    __m512 a0 = _mm512_loadu_ps(acc + j * kD), a1 = _mm512_loadu_ps(acc + j * kD + 16);
+    for (int r = 0; r < R; ++r) {
+      const __m512 c = _mm512_set1_ps(coef[r * kChunk + j]);
+      a0 = _mm512_fmadd_ps(c, r0[r], a0);
+      a1 = _mm512_fmadd_ps(c, r1[r], a1);
+    }
+    _mm512_storeu_ps(acc + j * kD, a0);
+    _mm512_storeu_ps(acc + j * kD + 16, a1);
+  }
+}
+
+// One chunk of a row's scores and value products (both base-2 logits / plain products) ->
+// probabilities P = exp2(s - L) in `s`, score gradients P * (dp - delta) in `dp`.
+MMSG_AVX512 inline void grad_step(float* s, float* dp, int width, float L, float delta) {
+  const __m512 lv = _mm512_set1_ps(L), dv = _mm512_set1_ps(delta);
+  for (int j = 0; j < width; j += kPanel) {
+    const __m512 p = exp2_ps(_mm512_sub_ps(_mm512_loadu_ps(s + j), lv));
+    _mm512_storeu_ps(s + j, p);
+    _mm512_storeu_ps(dp + j, _mm512_mul_ps(p, _mm512_sub_ps(_mm512_loadu_ps(dp + j), dv)));
+  }
+}
+
+struct GradTile {
+  const float* qs;       // R x kD queries * scale * log2(e)
+  const float* q;        // R x kD queries
+  const float* g;        // R x kD output gradients
+  const float* L;        // R log-sum-exps, base 2
+  const float* delta;    // R values <dout_i, out_i>
+  const float* kpanels;  // this head's packed keys
+  const float* vpanels;  // this head's packed values
+  const float* k;        // first key row; rows `ldk` apart
+  int64_t ldk;
+  int64_t Nk;
+  float* dq;             // R x kD accumulator
+  float* dk;             // Nk_padded x kD accumulator (unscaled)
+  float* dv;             // Nk_padded x kD accumulator
+  float* s;              // kTileRows x kChunk scratch
+  float* dp;             // kTileRows x kChunk scratch
+};
+
+template <int R>
+MMSG_AVX512 void grad_tile(const GradTile& t) {
+  float one[R];  // value_tile's rescale factors
+  for (int r = 0; r < R; ++r) one[r] = 1.f;
+  for (int64_t j0 = 0; j0 < t.Nk; j0 += kChunk) {
+    const int count = static_cast<int>(std::min<int64_t>(kChunk, t.Nk - j0));
+    const int num_panels = (count + 2 * kPanel - 1) / (2 * kPanel) * 2;
+    score_tile<R>(t.qs, t.kpanels + j0 * kD, num_panels, t.s);
+    score_tile<R>(t.g, t.vpanels + j0 * kD, num_panels, t.dp);
+    for (int r = 0; r < R; ++r)
+      grad_step(t.s + r * kChunk, t.dp + r * kChunk, num_panels * kPanel, t.L[r], t.delta[r]);
+    outer_tile<R>(t.s, t.g, count, t.dv + j0 * kD);
+    outer_tile<R>(t.dp, t.q, count, t.dk + j0 * kD);
+    value_tile<R>(t.dp, t.k + j0 * t.ldk, t.ldk, count, one, t.dq);
+  }
+}
+
+using GradTileFn = void (*)(const GradTile&);
+
+template <int... Rs>
+constexpr std::array<GradTileFn, sizeof...(Rs) + 1> grad_tiles(std::integer_sequence<int, Rs...>) {
+  return {nullptr, &grad_tile<Rs + 1>...};
+}
+
+// One work item per (b, h): its keys and values packed once, its query rows in tiles of 12,
+// each against all keys in chunks (recomputing the scores from the log-sum-exp), its key and
+// value gradients accumulated in the item's own buffers (no two items write the same memory).
+void avx512_backward(const AttentionGradInputs& in, at::Tensor& grad_q, at::Tensor& grad_k,
+                     at::Tensor& grad_v) {
+  const at::Tensor &q = in.q, &k = in.k, &v = in.v, &o = in.out, &g = in.grad_out;
+  const int64_t B = q.size(0), H = q.size(1), Nq = q.size(2), Nk = k.size(2);
+  const int64_t Nk_padded = (Nk + 2 * kPanel - 1) / (2 * kPanel) * (2 * kPanel);
+  const float scale = static_cast<float>(in.scale);
+  const float q_scale = static_cast<float>(in.scale * 1.4426950408889634);  // log2(e)
+  const float log2e = 1.4426950408889634f;
+  static constexpr auto tiles = grad_tiles(std::make_integer_sequence<int, kTileRows>{});
+  const float *qd = q.data_ptr<float>(), *kd = k.data_ptr<float>(), *vd = v.data_ptr<float>();
+  const float *od = o.data_ptr<float>(), *gd = g.data_ptr<float>();
+  const float* lse = in.lse.data_ptr<float>();
+  float *dqd = grad_q.data_ptr<float>(), *dkd = grad_k.data_ptr<float>();
+  float* dvd = grad_v.data_ptr<float>();
+  at::parallel_for(0, B * H, 1, [&](int64_t i0, int64_t i1) {
+    std::vector<float> kp(Nk_padded * kD), vp(Nk_padded * kD), dk(Nk_padded * kD),
+        dv(Nk_padded * kD), s(kTileRows * kChunk), dp(kTileRows * kChunk);
+    alignas(64) float qs[kTileRows * kD], qr[kTileRows * kD], gr[kTileRows * kD];
+    alignas(64) float dq[kTileRows * kD];
+    float L[kTileRows], delta[kTileRows];
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t b = i / H, h = i - b * H;
+      const float* kb = kd + b * k.stride(0) + h * k.stride(1);
+      pack_keys(kb, k.stride(2), Nk, Nk_padded, kp.data());
+      pack_keys(vd + b * v.stride(0) + h * v.stride(1), v.stride(2), Nk, Nk_padded, vp.data());
+      std::fill(dk.begin(), dk.end(), 0.f);
+      std::fill(dv.begin(), dv.end(), 0.f);
+      for (int64_t r0 = 0; r0 < Nq; r0 += kTileRows) {
+        const int rows = static_cast<int>(std::min<int64_t>(kTileRows, Nq - r0));
+        for (int t = 0; t < rows; ++t) {
+          const int64_t r = r0 + t;
+          const float* qi = qd + b * q.stride(0) + h * q.stride(1) + r * q.stride(2);
+          const float* oi = od + b * o.stride(0) + h * o.stride(1) + r * o.stride(2);
+          const float* gi = gd + b * g.stride(0) + h * g.stride(1) + r * g.stride(2);
+          float dot = 0.f;
+          for (int d = 0; d < kD; ++d) {
+            qr[t * kD + d] = qi[d];
+            qs[t * kD + d] = qi[d] * q_scale;
+            gr[t * kD + d] = gi[d];
+            dq[t * kD + d] = 0.f;
+            dot += gi[d] * oi[d];
+          }
+          delta[t] = dot;
+          L[t] = lse[i * Nq + r] * log2e;
+        }
+        const GradTile tile{qs, qr, gr, L, delta, kp.data(), vp.data(), kb, k.stride(2), Nk,
+                            dq, dk.data(), dv.data(), s.data(), dp.data()};
+        tiles[rows](tile);
+        for (int t = 0; t < rows; ++t) {
+          float* dqi = dqd + b * grad_q.stride(0) + h * grad_q.stride(1) +
+                       (r0 + t) * grad_q.stride(2);
+          for (int d = 0; d < kD; ++d) dqi[d] = dq[t * kD + d] * scale;
+        }
+      }
+      for (int64_t j = 0; j < Nk; ++j) {
+        float* dkj = dkd + b * grad_k.stride(0) + h * grad_k.stride(1) + j * grad_k.stride(2);
+        float* dvj = dvd + b * grad_v.stride(0) + h * grad_v.stride(1) + j * grad_v.stride(2);
+        for (int d = 0; d < kD; ++d) {
+          dkj[d] = dk[j * kD + d] * scale;
+          dvj[d] = dv[j * kD + d];
+        }
+      }
+    }
+  });
+}
 #endif  // MMSG_HAVE_AVX512_PATH
 
-std::tuple<at::Tensor, at::Tensor> dot_product_attention_key_mass_cpu(const at::Tensor& q,
-                                                                      const at::Tensor& k,
-                                                                      const at::Tensor& v,
-                                                                      double scale) {
+// The forward pass, both kernels: out, the log-sum-exp (B, H, Nq) (natural log, in q's dtype)
+// and, with `mass`, the key mass.
+at::Tensor forward(const AttentionInputs& in, at::Tensor& out, at::Tensor* mass) {
+  const int64_t rows = in.q.size(0) * in.q.size(1) * in.q.size(2);
+  at::Tensor lse = at::empty({in.q.size(0), in.q.size(1), in.q.size(2)}, in.q.options());
+  if (mass && in.q.size(1) * in.q.size(2) == 0) mass->zero_();
+  if (rows == 0) return lse;
+#if MMSG_HAVE_AVX512_PATH
+  if (in.q.scalar_type() == at::kFloat && in.q.size(3) == kVectorHeadDim && cpu_has_avx512()) {
+    std::vector<float> row_max(rows), row_inv_sum(rows);
+    avx512_kernel(in, out, row_max.data(), row_inv_sum.data(), mass);
+    float* L = lse.data_ptr<float>();
+    for (int64_t r = 0; r < rows; ++r)  // (m - log2(1 / l)) * ln 2 = natural log-sum-exp
+      L[r] = (row_max[r] - std::log2(row_inv_sum[r])) * 0.69314718055994531f;
+    return lse;
+  }
+#endif
+  AT_DISPATCH_FLOATING_TYPES(in.q.scalar_type(), "dot_product_attention_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    std::vector<acc_t> row_max(rows), row_inv_sum(rows);
+    portable_kernel<scalar_t>(in, out, row_max.data(), row_inv_sum.data());
+    if (mass) portable_key_mass<scalar_t>(in, row_max.data(), row_inv_sum.data(), *mass);
+    scalar_t* L = lse.data_ptr<scalar_t>();
+    for (int64_t r = 0; r < rows; ++r)
+      L[r] = static_cast<scalar_t>(row_max[r] - std::log(row_inv_sum[r]));
+  });
+  return lse;
+}
+
+std::tuple<at::Tensor, at::Tensor> dot_product_attention_cpu(const at::Tensor& q,
+                                                             const at::Tensor& k,
+                                                             const at::Tensor& v, double scale) {
+  const AttentionInputs in = prepare_attention(q, k, v, scale);
+  at::Tensor out = new_attention_output(in.q);
+  at::Tensor lse = forward(in, out, nullptr);
+  return {out, lse};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> dot_product_attention_key_mass_cpu(
+    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale) {
   const AttentionInputs in = prepare_attention(q, k, v, scale);
   at::Tensor out = new_attention_output(in.q);
   at::Tensor mass = at::empty({in.q.size(0), in.k.size(2)}, in.q.options());
-  if (in.q.size(1) * in.q.size(2) == 0) return {out, mass.zero_()};
-#if MMSG_HAVE_AVX512_PATH
-  if (in.q.scalar_type() == at::kFloat && in.q.size(3) == kVectorHeadDim && cpu_has_avx512()) {
-    avx512_kernel(in, out, &mass);
-    return {out, mass};
-  }
-#endif
-  AT_DISPATCH_FLOATING_TYPES(in.q.scalar_type(), "dot_product_attention_key_mass_cpu", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    const int64_t rows = in.q.size(0) * in.q.size(1) * in.q.size(2);
-    std::vector<acc_t> row_max(rows), row_inv_sum(rows);
-    portable_kernel<scalar_t>(in, out, row_max.data(), row_inv_sum.data());
-    portable_key_mass<scalar_t>(in, row_max.data(), row_inv_sum.data(), mass);
-  });
-  return {out, mass};
+  at::Tensor lse = forward(in, out, &mass);
+  return {out, lse, mass};
 }
 
-at::Tensor dot_product_attention_cpu(const at::Tensor& q, const at::Tensor& k,
-                                     const at::Tensor& v, double scale) {
-  const AttentionInputs in = prepare_attention(q, k, v, scale);
-  at::Tensor out = new_attention_output(in.q);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> dot_product_attention_backward_cpu(
+    const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+    const at::Tensor& out, const at::Tensor& lse, double scale) {
+  const AttentionGradInputs in = prepare_attention_backward(grad_out, q, k, v, out, lse, scale);
+  at::Tensor grad_q = new_attention_output(in.q);
+  at::Tensor grad_k = at::empty_like(in.k, at::MemoryFormat::Contiguous);
+  at::Tensor grad_v = at::empty_like(in.v, at::MemoryFormat::Contiguous);
+  if (in.q.size(2) == 0) {  // no queries: nothing reaches the keys and values
+    grad_k.zero_();
+    grad_v.zero_();
+    return {grad_q, grad_k, grad_v};
+  }
 #if MMSG_HAVE_AVX512_PATH
   if (in.q.scalar_type() == at::kFloat && in.q.size(3) == kVectorHeadDim && cpu_has_avx512()) {
-    avx512_kernel(in, out);
-    return out;
+    avx512_backward(in, grad_q, grad_k, grad_v);
+    return {grad_q, grad_k, grad_v};
   }
 #endif
-  AT_DISPATCH_FLOATING_TYPES(in.q.scalar_type(), "dot_product_attention_cpu",
-                             [&] { portable_kernel<scalar_t>(in, out); });
-  return out;
+  AT_DISPATCH_FLOATING_TYPES(in.q.scalar_type(), "dot_product_attention_backward_cpu",
+                             [&] { portable_backward<scalar_t>(in, grad_q, grad_k, grad_v); });
+  return {grad_q, grad_k, grad_v};
 }
 
 }  // namespace
@@ -477,6 +708,7 @@ std::string attention_cpu_kernel(int64_t head_dim) {
 TORCH_LIBRARY_IMPL(mmsgformer, CPU, m) {
   m.impl("dot_product_attention", &dot_product_attention_cpu);
   m.impl("dot_product_attention_key_mass", &dot_product_attention_key_mass_cpu);
+  m.impl("dot_product_attention_backward", &dot_product_attention_backward_cpu);
 }
 
 }  // namespace mmsgformer
