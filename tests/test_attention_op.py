@@ -327,16 +327,20 @@ def test_vector_training_applies_with_enough_heads():
     assert not vector_training_applies(q.double(), k.double(), v.double())
 
 
-def test_vector_kernel_applies_only_without_gradient():
-    q, k, v = make_qkv(1, 2, 20, 30, 32)
+def test_vector_kernel_applies_in_training_with_enough_heads():
+    threads = torch.get_num_threads()
+    q, k, v = make_qkv(1, threads, 20, 30, 32)
     vector = cpu_kernel(32) == 'avx512'
     assert vector_kernel_applies(q, k, v) == vector
     assert not vector_kernel_applies(q.double(), k.double(), v.double())
     assert not vector_kernel_applies(q[..., :24], k[..., :24], v[..., :24])
     qg = q.detach().requires_grad_()
-    assert not vector_kernel_applies(qg, k, v)
-    with torch.no_grad():
-        assert vector_kernel_applies(qg, k, v) == vector
+    assert vector_kernel_applies(qg, k, v) == vector_training_applies(qg, k, v) == vector
+    if threads > 1:
+        one_head = qg[:, :1], k[:, :1], v[:, :1]
+        assert not vector_kernel_applies(*one_head)
+        with torch.no_grad():
+            assert vector_kernel_applies(*one_head) == vector
 
 
 def test_attention_modules_with_the_op_equal_torch_kernel(monkeypatch):
@@ -370,7 +374,7 @@ def test_self_guided_training_with_the_op_equals_torch_kernel(monkeypatch):
     for applies in (True, False):
         with monkeypatch.context() as m:
             if not applies:
-                m.setattr(ops, 'vector_training_applies', lambda *a: False)
+                m.setattr(ops, 'vector_kernel_applies', lambda *a: False)
             out = module(y, H, W, significance)[0]
             grads = torch.autograd.grad(out.square().sum(), [y] + list(module.parameters()))
         results.append((out, grads))

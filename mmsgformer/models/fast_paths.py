@@ -159,16 +159,9 @@ def attention(module: nn.Module, q: torch.Tensor, k: torch.Tensor, v: torch.Tens
     in training when there are at least as many ``(b, h)`` pairs as threads. While compiling,
     tracing or exporting PyTorch's kernel runs.
     """
-    if use_fast_path(module) and not is_tracing() and _attention_op_applies(q, k, v):
+    if use_fast_path(module) and not is_tracing() and ops.vector_kernel_applies(q, k, v):
         return ops.dot_product_attention(q, k, v, scale, impl='op')
     return F.scaled_dot_product_attention(q, k, v, scale=scale)
-
-
-def _attention_op_applies(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
-    """The attention ops' vector path, for this call's mode (inference or training)."""
-    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
-    return (ops.vector_training_applies(q, k, v) if needs_grad
-            else ops.vector_kernel_applies(q, k, v))
 
 # Inference: above this many score elements the coarse branch runs in query chunks (never at
 # 224/448 with ordinary batches, so the official operation order is kept there). Training: the
@@ -221,7 +214,7 @@ def attention_and_key_mass(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sc
     if not needs_grad and Bt * g * Nq * Nk <= _CHUNK_INFERENCE_ABOVE:
         return plain(q, k, v, scale, key_bias, query_mask, query_counts)
     if (key_bias is None and query_mask is None and not is_tracing()
-            and _attention_op_applies(q, k, v)):
+            and ops.vector_kernel_applies(q, k, v)):
         return ops.dot_product_attention_key_mass(q, k, v, scale)  # the coarse branch
     out = None
     if needs_grad:

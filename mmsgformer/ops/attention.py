@@ -35,17 +35,17 @@ def cpu_kernel(head_dim: int) -> str:
 
 
 def vector_kernel_applies(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
-    """Whether the op's AVX-512 path serves this call and no gradient is needed: float32 CPU
-    tensors, head dimension 32, a CPU with AVX-512, autograd off or not recording these."""
-    if q.device.type != 'cpu' or q.dtype != torch.float32 or q.dim() != 4:
-        return False
+    """Whether the ops' AVX-512 path serves this call: float32 CPU tensors, head dimension 32,
+    a CPU with AVX-512; where autograd records the call, also :func:`vector_training_applies`."""
     if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+        return vector_training_applies(q, k, v)
+    if q.device.type != 'cpu' or q.dtype != torch.float32 or q.dim() != 4:
         return False
     return cpu_kernel(q.shape[-1]) == 'avx512'
 
 
 def vector_training_applies(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
-    """Whether the op's AVX-512 forward and backward serve a training call: float32 CPU
+    """Whether the ops' AVX-512 forward and backward serve a training call: float32 CPU
     tensors, head dimension 32, a CPU with AVX-512, and at least as many ``(b, h)`` pairs as
     threads (the backward's work items; fewer would leave threads idle)."""
     if q.device.type != 'cpu' or q.dtype != torch.float32 or q.dim() != 4:
@@ -64,7 +64,8 @@ def dot_product_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sca
         k, v: ``(B, H, Nk, D)`` keys and values.
         scale: the logit scale.
         impl: ``'auto'``: the compiled op where its AVX-512 path applies
-            (:func:`vector_kernel_applies`), else ``F.scaled_dot_product_attention``;
+            (:func:`vector_kernel_applies`: inference, or training with enough heads), else
+            ``F.scaled_dot_product_attention``;
             ``'op'``: the compiled op (CPU, float32/float64; error if not built); ``'torch'``:
             ``F.scaled_dot_product_attention``; ``'reference'``: the spelled-out softmax.
 
