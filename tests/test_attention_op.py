@@ -327,6 +327,18 @@ def test_vector_training_applies_with_enough_heads():
     assert not vector_training_applies(q.double(), k.double(), v.double())
 
 
+def test_environment_keeps_torch_kernels(monkeypatch):
+    from mmsgformer.ops.attention import CPU_ATTENTION_ENV
+    q, k, v = make_qkv(1, 2, 20, 30, 32)
+    monkeypatch.setenv(CPU_ATTENTION_ENV, 'torch')
+    assert not vector_kernel_applies(q, k, v)
+    assert not vector_training_applies(q.requires_grad_(), k, v)
+    monkeypatch.setenv(CPU_ATTENTION_ENV, 'fast')
+    with pytest.raises(ValueError, match=r"MMSGFORMER_CPU_ATTENTION='fast' must be one of "
+                                         r"\('auto', 'torch'\)"):
+        vector_kernel_applies(q.detach(), k, v)
+
+
 def test_vector_kernel_applies_in_training_with_enough_heads():
     threads = torch.get_num_threads()
     q, k, v = make_qkv(1, threads, 20, 30, 32)

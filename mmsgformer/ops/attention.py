@@ -7,6 +7,7 @@ compute them on the CPU; their AVX-512 path (float32, head dimension 32: every S
 head, and all but stage 1 of SG-Former-B) is faster than PyTorch's flash kernel there. The
 contract, the formulas and the measurements are docs/design.md §18.
 """
+import os
 from typing import Dict, Tuple
 
 import torch
@@ -22,6 +23,21 @@ ATTENTION_IMPLS = ('auto', 'op', 'reference', 'torch')
 
 _kernel_by_head_dim: Dict[int, str] = {}
 
+# ``MMSGFORMER_CPU_ATTENTION=torch`` keeps PyTorch's attention kernels everywhere (the numerics
+# of a CPU without AVX-512, e.g. to reproduce a result across machines); ``auto`` (default)
+# takes the ops where their AVX-512 path applies.
+CPU_ATTENTION_ENV = 'MMSGFORMER_CPU_ATTENTION'
+_CPU_ATTENTION_CHOICES = ('auto', 'torch')
+
+
+def _ops_allowed(environ=os.environ) -> bool:
+    """Whether the environment lets the model take the attention ops (see CPU_ATTENTION_ENV)."""
+    choice = environ.get(CPU_ATTENTION_ENV, 'auto').strip().lower() or 'auto'
+    if choice not in _CPU_ATTENTION_CHOICES:
+        raise ValueError(f'{CPU_ATTENTION_ENV}={environ[CPU_ATTENTION_ENV]!r} must be one of '
+                         f'{_CPU_ATTENTION_CHOICES}')
+    return choice == 'auto'
+
 
 def cpu_kernel(head_dim: int) -> str:
     """Which CPU kernel the compiled op runs for float32 and ``head_dim``: ``'avx512'``,
@@ -36,12 +52,13 @@ def cpu_kernel(head_dim: int) -> str:
 
 def vector_kernel_applies(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
     """Whether the ops' AVX-512 path serves this call: float32 CPU tensors, head dimension 32,
-    a CPU with AVX-512; where autograd records the call, also :func:`vector_training_applies`."""
+    a CPU with AVX-512, not turned off by ``MMSGFORMER_CPU_ATTENTION=torch``; where autograd
+    records the call, also :func:`vector_training_applies`."""
     if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
         return vector_training_applies(q, k, v)
     if q.device.type != 'cpu' or q.dtype != torch.float32 or q.dim() != 4:
         return False
-    return cpu_kernel(q.shape[-1]) == 'avx512'
+    return cpu_kernel(q.shape[-1]) == 'avx512' and _ops_allowed()
 
 
 def vector_training_applies(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
@@ -52,7 +69,7 @@ def vector_training_applies(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -
         return False
     if q.shape[0] * q.shape[1] < torch.get_num_threads():
         return False
-    return cpu_kernel(q.shape[-1]) == 'avx512'
+    return cpu_kernel(q.shape[-1]) == 'avx512' and _ops_allowed()
 
 
 def dot_product_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
