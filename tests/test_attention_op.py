@@ -20,6 +20,9 @@ from mmsgformer.ops.attention import cpu_kernel
 BUILT = op_available()  # loads mmsgformer._C (registers torch.ops.mmsgformer.*) when built
 OP = torch.ops.mmsgformer
 pytestmark = pytest.mark.skipif(not BUILT, reason='the C++ extension is not built')
+needs_opcheck = pytest.mark.skipif(
+    not hasattr(torch.library, 'opcheck'),
+    reason=f'torch {torch.__version__} has no torch.library.opcheck (torch >= 2.4)')
 
 
 def make_qkv(B, H, Nq, Nk, D, dtype=torch.float32, seed=0, spread=1.0, requires_grad=False):
@@ -160,8 +163,7 @@ def test_backward_op_checks():
         OP.dot_product_attention_backward(out, q, k, v, out.double(), lse, 0.1)
 
 
-@pytest.mark.skipif(not hasattr(torch.library, 'opcheck'),
-                    reason=f'torch {torch.__version__} has no torch.library.opcheck (torch >= 2.4)')
+@needs_opcheck
 @pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
 def test_backward_opcheck(dtype):
     q, k, v = make_qkv(2, 2, 29, 40, 32, dtype=dtype)
@@ -170,12 +172,12 @@ def test_backward_opcheck(dtype):
     torch.library.opcheck(OP.dot_product_attention_backward, (g, q, k, v, out, lse, 0.25))
 
 
-@pytest.mark.skipif(not hasattr(torch.library, 'opcheck'),
-                    reason=f'torch {torch.__version__} has no torch.library.opcheck (torch >= 2.4)')
+@needs_opcheck
+@pytest.mark.parametrize('op', ['dot_product_attention', 'dot_product_attention_key_mass'])
 @pytest.mark.parametrize('dtype, grad', [(torch.float32, False), (torch.float64, True)])
-def test_opcheck(dtype, grad):
+def test_opcheck(op, dtype, grad):
     q, k, v = make_qkv(2, 2, 29, 40, 32, dtype=dtype, requires_grad=grad)
-    torch.library.opcheck(OP.dot_product_attention, (q, k, v, 0.25))
+    torch.library.opcheck(getattr(OP, op), (q, k, v, 0.25))
 
 
 def test_compile_fullgraph():
@@ -229,14 +231,6 @@ def test_key_mass_gradcheck_and_no_gradient_through_mass():
         lambda a, b, c: OP.dot_product_attention_key_mass(a, b, c, 0.4)[0], (q, k, v))
     out, lse, mass = OP.dot_product_attention_key_mass(q, k, v, 0.4)
     assert out.requires_grad and not mass.requires_grad and not lse.requires_grad
-
-
-@pytest.mark.skipif(not hasattr(torch.library, 'opcheck'),
-                    reason=f'torch {torch.__version__} has no torch.library.opcheck (torch >= 2.4)')
-@pytest.mark.parametrize('dtype, grad', [(torch.float32, False), (torch.float64, True)])
-def test_key_mass_opcheck(dtype, grad):
-    q, k, v = make_qkv(2, 2, 29, 40, 32, dtype=dtype, requires_grad=grad)
-    torch.library.opcheck(OP.dot_product_attention_key_mass, (q, k, v, 0.25))
 
 
 def test_key_mass_fake_kernel():

@@ -207,6 +207,11 @@ bool cpu_has_avx512() {
   return has;
 }
 
+// Whether the AVX-512 kernels serve these (checked) inputs: float32, D = 32, AVX-512F present.
+bool use_avx512(const at::Tensor& q) {
+  return q.scalar_type() == at::kFloat && q.size(3) == kVectorHeadDim && cpu_has_avx512();
+}
+
 // 2^x for x <= 0 (to float32 rounding): 2^n * p(f) with n = round(x), f = x - n in
 // [-0.5, 0.5] and p the degree-6 Taylor polynomial of exp(f ln 2) (relative error < 1e-7).
 MMSG_AVX512 inline __m512 exp2_ps(__m512 x) {
@@ -633,7 +638,7 @@ at::Tensor forward(const AttentionInputs& in, at::Tensor& out, at::Tensor* mass)
   if (mass && in.q.size(1) * in.q.size(2) == 0) mass->zero_();
   if (rows == 0) return lse;
 #if MMSG_HAVE_AVX512_PATH
-  if (in.q.scalar_type() == at::kFloat && in.q.size(3) == kVectorHeadDim && cpu_has_avx512()) {
+  if (use_avx512(in.q)) {
     std::vector<float> row_max(rows), row_inv_sum(rows);
     avx512_kernel(in, out, row_max.data(), row_inv_sum.data(), mass);
     float* L = lse.data_ptr<float>();
@@ -685,7 +690,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dot_product_attention_backward_cp
     return {grad_q, grad_k, grad_v};
   }
 #if MMSG_HAVE_AVX512_PATH
-  if (in.q.scalar_type() == at::kFloat && in.q.size(3) == kVectorHeadDim && cpu_has_avx512()) {
+  if (use_avx512(in.q)) {
     avx512_backward(in, grad_q, grad_k, grad_v);
     return {grad_q, grad_k, grad_v};
   }
