@@ -12,9 +12,9 @@ Training (autograd on):
   output comes from ``F.scaled_dot_product_attention``, whose flash kernels keep only the
   log-sum-exp for backward instead of the ``(B, g, Nq, Nk)`` probabilities; the significance
   (key mass) is taken in a no-grad pass over query chunks that never holds the full matrix.
-  In float32 with head width 32 on AVX-512 CPUs the coarse branch's output and mass come from
-  the op ``mmsgformer::dot_product_attention_key_mass`` instead, and the self-guided and
-  standard blocks' attention from ``mmsgformer::dot_product_attention`` (:func:`attention`;
+  In float32 with head width 32 on CPUs with AVX-512 or AVX2 the coarse branch's output and mass
+  come from the op ``mmsgformer::dot_product_attention_key_mass`` instead, and the self-guided
+  and standard blocks' attention from ``mmsgformer::dot_product_attention`` (:func:`attention`;
   design §18), when there are at least as many ``(b, h)`` pairs as threads.
 * :func:`ffn_tail` (``fc2(GELU(z + dwconv(z)))``) and :func:`norm_act_conv`
   (``conv(GELU(GroupNorm(x)))`` of the stem and the downsampling) save only their input and
@@ -33,8 +33,9 @@ Inference (autograd off):
   position table resized to the input's grid;
 * :func:`project`: one GEMM for the projections that read the same tokens;
 * :func:`attention` (self-guided and standard blocks): the compiled CPU kernel
-  ``mmsgformer::dot_product_attention`` where its AVX-512 path applies (float32, head
-  dimension 32; design §18), else ``F.scaled_dot_product_attention`` as on the plain path;
+  ``mmsgformer::dot_product_attention`` where a vector kernel of it applies (float32, head
+  dimension 32, AVX-512 or AVX2; design §18), else ``F.scaled_dot_product_attention`` as on
+  the plain path;
 * the coarse branch on large inputs (:func:`attention_and_key_mass`): in query chunks, or in
   float32 from the op ``mmsgformer::dot_product_attention_key_mass`` (design §18);
 * :func:`image_chunks`: the stem a few images at a time, so the per-chunk temporaries stay in
@@ -154,10 +155,10 @@ def attention(module: nn.Module, q: torch.Tensor, k: torch.Tensor, v: torch.Tens
     ``k, v (B, h, Nk, d)`` -> ``(B, h, Nq, d)``.
 
     The plain path is ``F.scaled_dot_product_attention``. The fast path, on the CPU in float32
-    with ``d = 32`` and AVX-512, is the compiled op ``mmsgformer::dot_product_attention`` (design
-    §18; its forward and backward beat PyTorch's flash kernels at ``d = 32``): in inference, and
-    in training when there are at least as many ``(b, h)`` pairs as threads. While compiling,
-    tracing or exporting PyTorch's kernel runs.
+    with ``d = 32`` and AVX-512 or AVX2, is the compiled op ``mmsgformer::dot_product_attention``
+    (design §18; its forward and backward beat PyTorch's flash kernels at ``d = 32``): in
+    inference, and in training when there are at least as many ``(b, h)`` pairs as threads.
+    While compiling, tracing or exporting PyTorch's kernel runs.
     """
     if use_fast_path(module) and not is_tracing() and ops.vector_kernel_applies(q, k, v):
         return ops.dot_product_attention(q, k, v, scale, impl='op')
@@ -196,7 +197,7 @@ def attention_and_key_mass(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sc
     ``(Bt, 1, 1, Nk)`` (``-inf`` on padded keys), ``query_mask (Bt, Nq)`` / ``query_counts
     (Bt, 1)`` to average over real queries only. Returns ``(o (Bt, g, Nq, d), mass (Bt, Nk))``.
 
-    Without a mask (the coarse branch), where the attention ops' AVX-512 path applies (float32,
+    Without a mask (the coarse branch), where the attention ops' vector kernels apply (float32,
     see :func:`attention`): both from ``mmsgformer::dot_product_attention_key_mass`` (design
     §18; its backward keeps the log-sum-exp, not the probabilities). Otherwise, with autograd:
     the output from ``F.scaled_dot_product_attention`` (the same holds) and the mass from a

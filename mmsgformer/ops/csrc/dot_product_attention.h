@@ -57,11 +57,12 @@ AttentionGradInputs prepare_attention_backward(const at::Tensor& grad_out, const
 // `out.transpose(1, 2).reshape(B, Nq, H * D)` is free (the layout of PyTorch's flash kernel).
 at::Tensor new_attention_output(const at::Tensor& q);
 
-// "avx512" when the CPU kernel has an AVX-512 path for float32 and head dimension `head_dim`
-// on this machine, else "portable" (one query row at a time, scalar loops).
+// Which CPU kernel float32 inputs with head dimension `head_dim` run on this machine: "avx512"
+// or "avx2" (the vector kernels, cpu/vector_attention.h), else "portable" (one query row at a
+// time, scalar loops).
 std::string attention_cpu_kernel(int64_t head_dim);
 
-// The head dimension of the AVX-512 path.
+// The head dimension of the vector kernels.
 constexpr int64_t kVectorHeadDim = 32;
 
 }  // namespace mmsgformer
