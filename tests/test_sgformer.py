@@ -523,6 +523,33 @@ def test_conv_layout_is_official_only_where_the_official_code_runs():
         assert (plain_tokens - eval_tokens).abs().max().item() < 1e-12
 
 
+def test_stem_trains_in_nchw_where_its_channels_last_backward_is_slower(monkeypatch):
+    """The stem's dense 3x3 convs train channels-last on CPUs with AVX-512 and in NCHW without
+    (oneDNN's channels-last backward is slower there); the downsampling's 1x1 and depthwise
+    convs train channels-last either way. Tokens and gradients agree in float64."""
+    from mmsgformer.models import fast_paths
+    torch.manual_seed(0)
+    model = SGFormer(arch=dict(MICRO)).double()
+    stem = model.stem
+    x = torch.randn(2, 3, 33, 47, dtype=torch.float64)
+    results = {}
+    for channels_last in (True, False):
+        monkeypatch.setattr(fast_paths, '_dense_convs_channels_last_in_training',
+                            lambda: channels_last)
+        expected = torch.channels_last if channels_last else torch.contiguous_format
+        assert fast_paths.conv_memory_format(stem, x, 32, dense=True) == expected
+        assert fast_paths.conv_memory_format(stem, x, 32) == torch.channels_last
+        with torch.no_grad():  # inference keeps its own rule
+            assert fast_paths.conv_memory_format(stem, x, 32, dense=True) == torch.channels_last
+        tokens = stem(x)[0]
+        grads = torch.autograd.grad(tokens.square().sum(), list(stem.parameters()))
+        results[channels_last] = (tokens.detach(), grads)
+    (t_cl, g_cl), (t_nchw, g_nchw) = results[True], results[False]
+    assert (t_cl - t_nchw).abs().max().item() < 1e-12
+    for a, b in zip(g_cl, g_nchw):
+        assert (a - b).abs().max().item() < 1e-10 * (1 + b.abs().max().item())
+
+
 def test_groupnorm_in_place_on_channels_last_maps_without_gradient():
     """Without a gradient, the GroupNorm (and GELU) of a channels-last conv output is computed in
     the map itself and equals the modules' result (float64; float32 within GroupNorm's own

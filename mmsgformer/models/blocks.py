@@ -78,9 +78,11 @@ class ConvStem(nn.Module):
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, int, int]:
         # Official sizes (inference): dense convs in the official contiguous NCHW layout, whose
         # float32 rounding keeps the first significance sort the official one. Training and
-        # other sizes: channels-last (faster), see fast_paths.conv_memory_format.
+        # other sizes: channels-last (faster; in training on CPUs without AVX-512 NCHW is), see
+        # fast_paths.conv_memory_format.
         units = [self.conv[0], self.conv[2], self.conv[4]]
-        layout = fast_paths.conv_memory_format(self, x, fast_paths.STEM_OFFICIAL_MULTIPLE)
+        layout = fast_paths.conv_memory_format(self, x, fast_paths.STEM_OFFICIAL_MULTIPLE,
+                                               dense=True)
         x = x.contiguous(memory_format=layout)
         banded = fast_paths.stem_inference(units, x)  # inference, channels-last
         if banded is not None:

@@ -24,7 +24,8 @@ Training (autograd on):
   ``(rows*W, 4C)`` temporaries stay in cache (design §4, "FFN in bands of rows"); the conv links
   run one image at a time on large batches;
 * :func:`conv_memory_format`: the convs of the stem and the downsamplings run channels-last (in
-  inference too, at sizes the official code cannot run).
+  inference too, at sizes the official code cannot run), but the stem's in NCHW on CPUs without
+  AVX-512.
 
 Inference (autograd off):
 
@@ -50,6 +51,7 @@ Under ``torch.compile`` the recomputing autograd functions give way to the plain
 compiler plans its own recomputation), and so does the banded FFN under any tracing or export;
 the attention fast path stays.
 """
+import functools
 from typing import Callable, List, Optional, Sequence, Tuple, TypeVar
 
 import torch
@@ -731,24 +733,40 @@ STEM_OFFICIAL_MULTIPLE = 224
 DOWNSAMPLE_OFFICIAL_MULTIPLE = 14
 
 
-def conv_memory_format(module: nn.Module, x: torch.Tensor,
-                       official_multiple: int) -> torch.memory_format:
+def conv_memory_format(module: nn.Module, x: torch.Tensor, official_multiple: int,
+                       dense: bool = False) -> torch.memory_format:
     """The layout the convs of ``module`` (the stem or a downsampling) run in for ``x (B, C, H,
-    W)``, the images or the map they read.
+    W)``, the images or the map they read; ``dense``: the convs are dense 3x3 ones (the stem),
+    not 1x1 and depthwise (a downsampling).
 
-    Channels-last in training (oneDNN's backward of the large 3x3 convs is 2-3x faster there, and
-    the tokens after the convs are then a view) and in inference at sizes the official code
-    cannot run, where ``H`` or ``W`` is not a multiple of ``official_multiple`` (the forward is
-    1.4-1.7x faster). At the official sizes and on the plain path: the official contiguous NCHW,
-    whose float32 rounding keeps the significance maps bitwise the official ones (channels-last
-    convs round differently, which flips near-ties of a ranking)."""
+    Channels-last in training (the tokens after the convs are then a view; oneDNN's backward of
+    the 1x1 and depthwise convs is 2-3x faster there, and of the dense 3x3 ones on CPUs with
+    AVX-512), except the dense convs on a CPU without AVX-512, whose channels-last backward is
+    about 1.8x slower than NCHW's there (:func:`_dense_convs_channels_last_in_training`); and
+    in inference at sizes the official code cannot run, where ``H`` or ``W`` is not a multiple
+    of ``official_multiple`` (the forward is 1.4-1.7x faster). At the official sizes and on the
+    plain path: the official contiguous NCHW, whose float32 rounding keeps the significance maps
+    bitwise the official ones (channels-last convs round differently, which flips near-ties of
+    a ranking)."""
     if _recompute_allowed(module, *module.parameters()):
+        if dense and x.device.type == 'cpu' and not _dense_convs_channels_last_in_training():
+            return torch.contiguous_format
         return torch.channels_last
     H, W = x.shape[-2:]
     if (use_fast_path(module) and not is_tracing() and not is_symbolic(H, W)
             and (H % official_multiple or W % official_multiple)):
         return torch.channels_last
     return torch.contiguous_format
+
+
+@functools.lru_cache(maxsize=None)
+def _dense_convs_channels_last_in_training() -> bool:
+    """Whether oneDNN's channels-last backward of the stem's 64-channel 3x3 convs is the faster
+    one on this CPU: with AVX-512 (2-3x faster than NCHW, Intel Xeon), not with AVX2 only (AMD
+    EPYC, 2 threads, SG-Former-S stem fwd+bwd at 512x512 B=4: 2.21 s channels-last, 1.39 s
+    NCHW; 800x1344 B=2: 6.09 / 5.49 s)."""
+    get = getattr(torch.backends.cpu, 'get_cpu_capability', None)
+    return get is None or get().startswith('AVX512')
 
 
 # ---------------------------------------------------------------------------------- inference
