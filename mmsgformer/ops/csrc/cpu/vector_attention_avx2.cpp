@@ -52,22 +52,13 @@ MMSG_TARGET inline vec vkeep_first(vec x, int n, vec fill) {
   return _mm256_blendv_ps(fill, x, _mm256_castsi256_ps(keep));
 }
 
-// 2^x = 2^n * p(f) with n = round(x), f = x - n in [-0.5, 0.5] and p the degree-6 Taylor
-// polynomial of exp(f ln 2) (relative error < 1e-7); 2^n built in the exponent field (n = -127
-// gives the field 0: the result 0).
-MMSG_TARGET inline vec vexp2(vec x) {
-  x = _mm256_max_ps(x, _mm256_set1_ps(-127.f));
-  const vec n = _mm256_round_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  const vec f = _mm256_sub_ps(x, n);
-  vec p = _mm256_set1_ps(1.5403530393381606e-4f);
-  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.3333558146428443e-3f));
-  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(9.6181291076284772e-3f));
-  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(5.5504108664821580e-2f));
-  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(0.24022650695910071f));
-  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(0.69314718055994531f));
-  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.f));
-  const __m256i field = _mm256_slli_epi32(
-      _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+MMSG_TARGET inline vec vround(vec x) {
+  return _mm256_round_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+}
+// 2^n built in the exponent field (n = -127 gives the field 0: the result 0).
+MMSG_TARGET inline vec vscale(vec p, vec n) {
+  const __m256i field =
+      _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
   return _mm256_mul_ps(p, _mm256_castsi256_ps(field));
 }
 

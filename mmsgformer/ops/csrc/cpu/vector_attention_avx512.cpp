@@ -40,21 +40,10 @@ MMSG_TARGET inline vec vkeep_first(vec x, int n, vec fill) {
   return _mm512_mask_blend_ps(static_cast<__mmask16>((1u << n) - 1u), fill, x);
 }
 
-// 2^x = 2^n * p(f) with n = round(x), f = x - n in [-0.5, 0.5] and p the degree-6 Taylor
-// polynomial of exp(f ln 2) (relative error < 1e-7); 2^n by vscalefps.
-MMSG_TARGET inline vec vexp2(vec x) {
-  x = _mm512_max_ps(x, _mm512_set1_ps(-127.f));
-  const vec n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  const vec f = _mm512_sub_ps(x, n);
-  vec p = _mm512_set1_ps(1.5403530393381606e-4f);
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.3333558146428443e-3f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.6181291076284772e-3f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.5504108664821580e-2f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.24022650695910071f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.69314718055994531f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.f));
-  return _mm512_scalef_ps(p, n);
+MMSG_TARGET inline vec vround(vec x) {
+  return _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
 }
+MMSG_TARGET inline vec vscale(vec p, vec n) { return _mm512_scalef_ps(p, n); }
 
 #include "vector_attention_kernels.h"
 

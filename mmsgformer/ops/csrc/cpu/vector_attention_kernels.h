@@ -6,7 +6,8 @@
 //   vec, kLanes                      the float vector type and its width
 //   kTileRows                        query rows per register tile (2 * kTileRows + 3 <= registers)
 //   vzero() vset1(x) vload(p) vstore(p, x) vadd vsub vmul vmax vfmadd(a, b, c) = a * b + c
-//   vexp2(x)                         2^x for x <= 0 (float32 rounding; x below -127 counts as -127)
+//   vround(x)                        x rounded to the nearest integer (ties to even)
+//   vscale(p, n)                     p * 2^n for integer-valued n in [-127, 0]
 //   vreduce_max(x) vreduce_add(x)    over the lanes
 //   vkeep_first(x, n, fill)          x with the lanes from n on replaced by fill
 //
@@ -24,6 +25,23 @@ constexpr int kChunk = 256;               // keys per online-softmax step (a mul
 constexpr int kTaskRows = 4 * kTileRows;  // query rows per parallel work item of the forward
 constexpr int kGroupCols = 2 * kLanes;    // output columns per pass of value_tile / outer_tile
 static_assert(kChunk % (2 * kPanel) == 0 && kD % kGroupCols == 0, "tile sizes");
+
+// 2^x for x <= 0, to float32 rounding (x below -127 counts as -127): 2^n * p(f) with n = round(x),
+// f = x - n in [-0.5, 0.5] and p the degree-6 Taylor polynomial of exp(f ln 2) (relative error
+// < 1e-7).
+MMSG_TARGET inline vec vexp2(vec x) {
+  x = vmax(x, vset1(-127.f));
+  const vec n = vround(x);
+  const vec f = vsub(x, n);
+  vec p = vset1(1.5403530393381606e-4f);
+  p = vfmadd(p, f, vset1(1.3333558146428443e-3f));
+  p = vfmadd(p, f, vset1(9.6181291076284772e-3f));
+  p = vfmadd(p, f, vset1(5.5504108664821580e-2f));
+  p = vfmadd(p, f, vset1(0.24022650695910071f));
+  p = vfmadd(p, f, vset1(0.69314718055994531f));
+  p = vfmadd(p, f, vset1(1.f));
+  return vscale(p, n);
+}
 
 // Keys padded to whole pairs of panels.
 inline int64_t padded_keys(int64_t Nk) {
