@@ -342,6 +342,27 @@ def test_analyze_logs(tmp_path):
 # benchmark
 
 
+def test_benchmark_attention_prints_one_row_per_call(capsys, monkeypatch):
+    """The per-call attention benchmark (small shapes, one round): a row per call with PyTorch's
+    time and each vector kernel's, and the kernel choice restored after every call."""
+    from mmsgformer.ops import op_available
+    from mmsgformer.ops.attention import CPU_ATTENTION_ENV
+    if not op_available():
+        pytest.skip('the C++ extension is not built')
+    tool = _load_tool('benchmark_attention')
+    monkeypatch.delenv(CPU_ATTENTION_ENV, raising=False)
+    assert tool.main(['--small', '--repeat', '1']) == 0
+    assert CPU_ATTENTION_ENV not in os.environ
+    lines = capsys.readouterr().out.splitlines()
+    kernels = tool.kernels()
+    assert f"vector kernels here: {', '.join(kernels) or 'none'}" in lines[0]
+    header, rows = lines[1].split(' | '), lines[3:]
+    assert len(header) == 4 + 2 * len(kernels) and len(rows) == len(tool.SHAPES)
+    assert [r.split(' | ')[2] for r in rows] == ['infer', 'infer+mass', 'fwd+bwd', 'fwd+bwd']
+    with pytest.raises(SystemExit):
+        tool.main(['--repeat', '0'])
+
+
 def test_benchmark_table_ratios_and_cpu_flag():
     tool = _load_tool('benchmark')
     base = dict(size_name='224', batch=8, peak_mib=900., cpu_util=0.98, params_m=28.)
