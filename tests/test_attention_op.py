@@ -2,8 +2,8 @@
 dot_product_attention_key_mass, design §18).
 
 The op is compared with ``F.scaled_dot_product_attention`` in float64 (<= 1e-12: the portable
-kernel) and float32 (each vector kernel the CPU runs: AVX-512 and AVX2 on an AVX-512 CPU), at the
-stage shapes of SG-Former and at sizes that leave partial register tiles, key panels and key
+kernel) and float32 (each vector kernel the CPU runs: AVX-512 and AVX2 on an AVX-512 CPU), at
+the stage shapes of SG-Former and at sizes that leave partial register tiles, key panels and key
 chunks; its gradients with float64 gradcheck; its registration with torch.library.opcheck and
 torch.compile(fullgraph=True); its errors; and the model's use of it (inference only).
 """
@@ -15,7 +15,8 @@ from mmsgformer import ops
 from mmsgformer.ops import (dot_product_attention, dot_product_attention_key_mass_reference,
                             dot_product_attention_reference, op_available, vector_kernel_applies,
                             vector_training_applies)
-from mmsgformer.ops.attention import CPU_ATTENTION_ENV, VECTOR_KERNELS, cpu_kernel
+from mmsgformer.ops.attention import (CPU_ATTENTION_ENV, VECTOR_KERNELS, cpu_kernel,
+                                      vector_kernels_here)
 
 BUILT = op_available()  # loads mmsgformer._C (registers torch.ops.mmsgformer.*) when built
 OP = torch.ops.mmsgformer
@@ -28,8 +29,7 @@ needs_opcheck = pytest.mark.skipif(
 def _float32_kernels():
     """The float32 kernels at D = 32 this CPU runs: both vector kernels on an AVX-512 CPU (the
     AVX2 one by MMSGFORMER_CPU_ATTENTION=avx2), else its best one."""
-    best = cpu_kernel(32) if BUILT else 'none'
-    return ['avx512', 'avx2'] if best == 'avx512' else [best]
+    return list(vector_kernels_here()) or [cpu_kernel(32)]
 
 
 @pytest.fixture(params=_float32_kernels())

@@ -17,8 +17,8 @@ from .reference import dot_product_attention_key_mass_reference, dot_product_att
 
 __all__ = ['dot_product_attention', 'dot_product_attention_reference',
            'dot_product_attention_key_mass', 'dot_product_attention_key_mass_reference',
-           'cpu_kernel', 'VECTOR_KERNELS', 'vector_kernel_applies', 'vector_training_applies',
-           'ATTENTION_IMPLS']
+           'cpu_kernel', 'VECTOR_KERNELS', 'vector_kernels_here', 'vector_kernel_applies',
+           'vector_training_applies', 'ATTENTION_IMPLS']
 
 ATTENTION_IMPLS = ('auto', 'op', 'reference', 'torch')
 
@@ -59,6 +59,14 @@ def cpu_kernel(head_dim: int) -> str:
         _kernel_cache[key] = (torch.ops.mmsgformer.dot_product_attention_cpu_kernel(head_dim)
                               if op_available() else 'none')
     return _kernel_cache[key]
+
+
+def vector_kernels_here() -> Tuple[str, ...]:
+    """The vector kernels this CPU runs at head width 32, best first: ``('avx512', 'avx2')``
+    with AVX-512 (the AVX2 one by ``MMSGFORMER_CPU_ATTENTION=avx2``), ``('avx2',)`` with AVX2
+    only, ``()`` without either or without the extension."""
+    best = cpu_kernel(32)
+    return VECTOR_KERNELS[VECTOR_KERNELS.index(best):] if best in VECTOR_KERNELS else ()
 
 
 def vector_kernel_applies(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:

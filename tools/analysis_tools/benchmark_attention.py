@@ -29,15 +29,6 @@ SMALL_SHAPES = [(name, B, H, max(1, Nq // 40), max(1, Nk // 40), mode)
 ENV = 'MMSGFORMER_CPU_ATTENTION'
 
 
-def kernels() -> List[str]:
-    """The vector kernels this CPU runs at head width 32, best first ([] when none)."""
-    from mmsgformer.ops.attention import VECTOR_KERNELS, cpu_kernel
-    best = cpu_kernel(32)
-    if best not in VECTOR_KERNELS:
-        return []
-    return ['avx512', 'avx2'] if best == 'avx512' else [best]
-
-
 def calls(B: int, H: int, Nq: int, Nk: int, mode: str) -> Dict[str, Callable[[], object]]:
     """``{'torch': f, 'op': g}`` for one shape and pass (inputs made once, head width 32)."""
     import torch
@@ -96,7 +87,8 @@ def with_kernel(kernel: str, fn: Callable[[], object]) -> Callable[[], None]:
 
 
 def measure(shapes, repeat: int) -> Tuple[List[str], List[dict]]:
-    names = kernels()
+    from mmsgformer.ops.attention import vector_kernels_here
+    names = list(vector_kernels_here())
     rows = []
     for name, B, H, Nq, Nk, mode in shapes:
         fns = calls(B, H, Nq, Nk, mode)
