@@ -108,16 +108,20 @@ def _window_reverse(x: torch.Tensor, B: int, H: int, W: int, window: int) -> tor
 
 
 @lru_cache(maxsize=32)
-def _cached_key_mask(H: int, W: int, window: int) -> torch.Tensor:
-    return window_query_weights(H, W, window, torch.device('cpu'), torch.float32)[0]
+def _cached_key_mask(H: int, W: int, window: int, device: torch.device,
+                     dtype: torch.dtype) -> torch.Tensor:
+    return window_query_weights(H, W, window, device, dtype)[0]
 
 
-def _key_mask_cpu(H: int, W: int, window: int) -> torch.Tensor:
-    """``(nW, window*window)`` float32 on the CPU: 1 for real tokens, 0 for padding; cached
-    per size, except while compiling/tracing/exporting (no fake tensor may enter the cache)."""
+def _key_mask(H: int, W: int, window: int, device: torch.device,
+              dtype: torch.dtype) -> torch.Tensor:
+    """``(nW, window*window)``: 1 for real tokens, 0 for padding; made on ``device`` (a copy
+    from the host would make the host wait for a GPU's queued work) and cached per size,
+    device and dtype, except while compiling/tracing/exporting (no fake tensor may enter the
+    cache)."""
     if fast_paths.is_tracing():
-        return window_query_weights(H, W, window, torch.device('cpu'), torch.float32)[0]
-    return _cached_key_mask(H, W, window)
+        return window_query_weights(H, W, window, device, dtype)[0]
+    return _cached_key_mask(H, W, window, device, dtype)
 
 
 class HybridScaleAttention(_LePEProj):
@@ -206,7 +210,7 @@ class HybridScaleAttention(_LePEProj):
         key_bias = qmask = qcount = None
         # padded windows: mask padded keys, average over real queries (always with symbolic sizes)
         if is_symbolic(H, W) or H % w or W % w:
-            mask = _key_mask_cpu(H, W, w).to(device=q2.device, dtype=q2.dtype).repeat(B, 1)
+            mask = _key_mask(H, W, w, q2.device, q2.dtype).repeat(B, 1)
             qmask, qcount = mask, mask.sum(1, keepdim=True)
             key_bias = torch.zeros_like(mask).masked_fill_(mask == 0, float('-inf'))
             key_bias = key_bias[:, None, None, :]

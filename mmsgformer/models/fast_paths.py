@@ -47,10 +47,15 @@ Inference (autograd off):
   :func:`stem_inference`: there, the stem one image at a time, its middle conv in bands of rows
   written back into the map it reads (no map of its own).
 
+The pieces (bands of rows, query chunks sized for the caches, image by image) are for the CPU
+(:func:`split_for_cache`): on a GPU each one is a few kernel launches, so the same functions
+work on the whole tensor there (the recomputation in backward stays).
+
 Under ``torch.compile`` the recomputing autograd functions give way to the plain path (the
 compiler plans its own recomputation), and so does the banded FFN under any tracing or export;
 the attention fast path stays.
 """
+import contextlib
 import functools
 from typing import Callable, List, Optional, Sequence, Tuple, TypeVar
 
@@ -90,6 +95,16 @@ def is_tracing() -> bool:
 def use_fast_path(module: nn.Module) -> bool:
     """Whether ``module`` takes its fast path (``module.fast_path``, default True)."""
     return getattr(module, 'fast_path', True)
+
+
+def split_for_cache(t: torch.Tensor) -> bool:
+    """Whether the fast paths split work on ``t`` into pieces: bands of rows, query chunks of
+    the key-mass pass sized for the caches, one image at a time. On the CPU the pieces keep
+    their temporaries in cache and let the allocator reuse them. On a GPU every piece is a few
+    kernel launches of its own (at 800x1344 thousands per step: SG-Former-S training ran at a
+    ninth of Swin-T's speed on an H200), so there the work runs as one piece, and the key-mass
+    pass in chunks of ``_CHUNK_ELEMS_DEVICE`` probabilities."""
+    return t.device.type == 'cpu'
 
 
 def _recompute_allowed(module: nn.Module, *tensors: torch.Tensor) -> bool:
@@ -168,23 +183,25 @@ def attention(module: nn.Module, q: torch.Tensor, k: torch.Tensor, v: torch.Tens
 
 # Inference: above this many score elements the coarse branch runs in query chunks (never at
 # 224/448 with ordinary batches, so the official operation order is kept there). Training: the
-# key-mass pass always runs in chunks of this many probabilities (2 MiB in float32).
+# key-mass pass always runs in chunks of this many probabilities: 2 MiB in float32 on the CPU
+# (in cache), 256 MiB on a GPU (a few chunks per call: split_for_cache).
 _CHUNK_INFERENCE_ABOVE = 1 << 24
 _CHUNK_ELEMS = 1 << 19
+_CHUNK_ELEMS_DEVICE = 1 << 26
 
 
-def _chunks(Bt: int, g: int, Nq: int, Nk: int) -> Tuple[int, int]:
-    """``(batch items, queries)`` per chunk so that one chunk of scores holds about
-    ``_CHUNK_ELEMS`` values: all queries of several items (windows), or query rows of all items
-    (the coarse branch of a few images), or query rows of one item."""
+def _chunks(Bt: int, g: int, Nq: int, Nk: int, budget: int = _CHUNK_ELEMS) -> Tuple[int, int]:
+    """``(batch items, queries)`` per chunk so that one chunk of scores holds about ``budget``
+    values: all queries of several items (windows), or query rows of all items (the coarse
+    branch of a few images), or query rows of one item."""
     per_query = g * Nk
-    if Bt * Nq * per_query <= _CHUNK_ELEMS:
+    if Bt * Nq * per_query <= budget:
         return Bt, Nq
-    if Nq * per_query <= _CHUNK_ELEMS:
-        return _CHUNK_ELEMS // (Nq * per_query), Nq
-    if Bt * per_query <= _CHUNK_ELEMS:
-        return Bt, _CHUNK_ELEMS // (Bt * per_query)
-    return 1, max(1, _CHUNK_ELEMS // per_query)
+    if Nq * per_query <= budget:
+        return budget // (Nq * per_query), Nq
+    if Bt * per_query <= budget:
+        return Bt, budget // (Bt * per_query)
+    return 1, max(1, budget // per_query)
 
 
 def attention_and_key_mass(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
@@ -225,7 +242,8 @@ def attention_and_key_mass(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sc
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
     with torch.no_grad():
         q_scaled, kt = q * scale, k.transpose(-2, -1)
-        items, rows = _chunks(Bt, g, Nq, Nk)
+        items, rows = _chunks(Bt, g, Nq, Nk,
+                              _CHUNK_ELEMS if split_for_cache(q) else _CHUNK_ELEMS_DEVICE)
         mass = q.new_zeros(Bt, Nk)
         if out is None:
             out = torch.empty_like(q)
@@ -255,6 +273,9 @@ def attention_and_key_mass(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sc
 
 def _autocast_on(device: torch.device) -> bool:
     """Whether autocast is on for ``device``'s type (the convs would return its dtype)."""
+    available = getattr(torch.amp, 'is_autocast_available', None)  # torch >= 2.4
+    if available is not None and not available(device.type):
+        return False
     try:
         return torch.is_autocast_enabled(device.type)  # torch >= 2.4
     except TypeError:
@@ -265,7 +286,11 @@ def _autocast_on(device: torch.device) -> bool:
 
 def _no_autocast(t: torch.Tensor):
     """A context without autocast on ``t``'s device: the recomputing functions below handle
-    dtypes themselves, identically in forward and in the recomputation of backward."""
+    dtypes themselves, identically in forward and in the recomputation of backward. (Devices
+    without autocast, such as ``meta``, need no context.)"""
+    available = getattr(torch.amp, 'is_autocast_available', None)  # torch >= 2.4
+    if available is not None and not available(t.device.type):
+        return contextlib.nullcontext()
     return torch.autocast(device_type=t.device.type, enabled=False)
 
 
@@ -281,12 +306,14 @@ _MLP_SPLIT_ELEMS = 1 << 19  # hidden values per image from which the FFN runs in
 _BAND_ELEMS = 1 << 20  # hidden values per band (4 MiB in float32)
 
 
-def ffn_bands(batch: int, H: int, W: int, hidden: int) -> List[Tuple[slice, int, int]]:
+def ffn_bands(batch: int, H: int, W: int, hidden: int,
+              split: bool = True) -> List[Tuple[slice, int, int]]:
     """How the FFN tail splits its work: pieces ``(images, r0, r1)``, each computing output rows
     ``[r0, r1)`` of ``images``. One piece for the whole batch when an image has fewer than
-    ``_MLP_SPLIT_ELEMS`` hidden values; else every image in bands of equal height holding about
-    ``_BAND_ELEMS`` hidden values (at least one row)."""
-    if H * W * hidden < _MLP_SPLIT_ELEMS:
+    ``_MLP_SPLIT_ELEMS`` hidden values or ``split`` is false (a GPU: :func:`split_for_cache`);
+    else every image in bands of equal height holding about ``_BAND_ELEMS`` hidden values (at
+    least one row)."""
+    if not split or H * W * hidden < _MLP_SPLIT_ELEMS:
         return [(slice(0, batch), 0, H)]
     bands = -(-H // max(1, _BAND_ELEMS // (W * hidden)))
     rows = -(-H // bands)
@@ -341,7 +368,7 @@ def _ffn_tail_forward(z: torch.Tensor, H: int, W: int, dw_weight: torch.Tensor,
     with torch.no_grad():
         zmap = tokens_to_map(z, H, W)
         out = z.new_empty(B, N, C)
-        for images, r0, r1 in ffn_bands(B, H, W, C4):
+        for images, r0, r1 in ffn_bands(B, H, W, C4, split_for_cache(z)):
             rows = slice(r0 * W, r1 * W)
             _tail_piece(zmap[images], r0, r1, z[images, rows], dw_weight, dw_bias, fc2_weight,
                         fc2_bias, out[images, rows].view(-1, C))
@@ -386,7 +413,7 @@ class _FFNTail(torch.autograd.Function):
         B, N, C4 = z.shape
         C = fc2_weight.shape[0]
         need_conv = need_z or need_dww or need_dwb
-        pieces = ffn_bands(B, H, W, C4)
+        pieces = ffn_bands(B, H, W, C4, split_for_cache(z))
         whole = len(pieces) == 1
         with torch.no_grad(), _no_autocast(z):
             grad_out = grad_out.to(z.dtype).reshape(B, N, C)
@@ -473,7 +500,7 @@ def ffn_inference(mlp: nn.Module, x: torch.Tensor, H: int, W: int) -> Optional[t
             t.requires_grad for t in [x, *mlp.parameters()])):
         return None
     B, N, _ = x.shape
-    pieces = ffn_bands(B, H, W, mlp.fc1.out_features)
+    pieces = ffn_bands(B, H, W, mlp.fc1.out_features, split_for_cache(x))
     if len(pieces) == 1:
         return None
     C = mlp.fc2.out_features
@@ -522,9 +549,10 @@ _NORM_ACT_SPLIT_ELEMS = 1 << 23
 
 
 def _norm_act_images(x: torch.Tensor) -> List[slice]:
-    """The batch slices :class:`_NormActConv` works on: every image alone for large maps."""
+    """The batch slices :class:`_NormActConv` works on: every image alone for large maps on the
+    CPU (:func:`split_for_cache`)."""
     B = x.shape[0]
-    if B > 1 and x.numel() >= _NORM_ACT_SPLIT_ELEMS:
+    if B > 1 and x.numel() >= _NORM_ACT_SPLIT_ELEMS and split_for_cache(x):
         return [slice(i, i + 1) for i in range(B)]
     return [slice(0, B)]
 
@@ -623,8 +651,9 @@ def norm_act_conv(norm: nn.GroupNorm, conv: nn.Conv2d, x: torch.Tensor) -> Optio
 def norm_act_inplace(norm: nn.GroupNorm, x: torch.Tensor, act: bool) -> Optional[torch.Tensor]:
     """``GELU(norm(x))`` (``norm(x)`` when ``act`` is false) computed in ``x`` itself, a conv
     output ``(B, C, H, W)`` in channels-last layout, when no gradient is needed (inference, a
-    frozen stage); ``None`` otherwise (plain path, a gradient, tracing, reduced precision, NCHW
-    maps, ``norm`` not an affine ``GroupNorm(1, C)``).
+    frozen stage), on the CPU; ``None`` otherwise (plain path, a gradient, tracing, reduced
+    precision, NCHW maps, ``norm`` not an affine ``GroupNorm(1, C)``, a GPU: its statistics go
+    image by image, :func:`split_for_cache`).
 
     The plain modules allocate a fresh map for the GroupNorm output: at 800x1344 the stem's
     64-channel maps are 68 MB, which glibc maps fresh from the kernel on every call (above its
@@ -657,7 +686,7 @@ def _norm_in_place_allowed(norm: nn.GroupNorm, x: torch.Tensor) -> bool:
     """Whether :func:`norm_act_inplace` computes ``norm(x)`` in ``x`` (see there)."""
     needs_grad = torch.is_grad_enabled() and any(
         t.requires_grad for t in (x, norm.weight, norm.bias))
-    return (use_fast_path(norm) and not needs_grad and not is_tracing()
+    return (use_fast_path(norm) and not needs_grad and not is_tracing() and split_for_cache(x)
             and x.dtype in (torch.float32, torch.float64) and x.dim() == 4
             and norm.num_groups == 1 and norm.affine and not x.is_contiguous()
             and x.is_contiguous(memory_format=torch.channels_last))
@@ -673,7 +702,7 @@ def stem_inference(units: Sequence[nn.Module], x: torch.Tensor) -> Optional[torc
     conv+GroupNorm units (``unit.c``, ``unit.bn``), ``x (B, 3, Hi, Wi)`` channels-last ->
     ``(B, C, H, W)`` channels-last. ``None`` where :func:`norm_act_inplace` does not apply
     (a gradient, NCHW maps: the official sizes, the plain path, tracing, reduced precision,
-    autocast) or
+    autocast, a GPU) or
     the units are not the stem's (``c0`` 3x3 stride 2 padding 1, ``c1`` 3x3 stride 1 padding 1).
 
     ``c0`` runs with padding 3 on the top and bottom: two extra output rows, so its output
@@ -780,8 +809,10 @@ _IMAGES_PER_CHUNK = 4  # 1 or 2 save little more CPU time but add many small ops
 
 def image_chunks(module: nn.Module, x: torch.Tensor) -> Optional[List[torch.Tensor]]:
     """``x (B, ...)`` as chunks of ``_IMAGES_PER_CHUNK`` images in inference when ``B`` exceeds
-    the chunk size; ``None`` otherwise (run the batch as a whole)."""
-    if not use_fast_path(module) or torch.is_grad_enabled() or x.shape[0] <= _IMAGES_PER_CHUNK:
+    the chunk size on the CPU (:func:`split_for_cache`); ``None`` otherwise (run the batch as a
+    whole)."""
+    if (not use_fast_path(module) or torch.is_grad_enabled() or x.shape[0] <= _IMAGES_PER_CHUNK
+            or not split_for_cache(x)):
         return None
     return list(x.split(_IMAGES_PER_CHUNK))
 
