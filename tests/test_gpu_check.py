@@ -148,6 +148,34 @@ def test_parse_pytest_log():
                                                   'tests/test_backbone_cuda.py::test_d[s-800x1344]']
 
 
+def test_parse_pytest_log_names_the_test_that_crashed_and_reads_xdist_lines():
+    """The first H200 run: a segfault in test_bad_inputs[cpu] ended pytest without its XML."""
+    crashed = textwrap.dedent("""\
+        tests/test_op_devices.py::test_opcheck[cuda] PASSED                [ 63%]
+        tests/test_op_devices.py::test_bad_inputs[cpu] Fatal Python error: Segmentation fault
+
+        Current thread 0x00007f33afc06140 (most recent call first):
+        """)
+    j = gpu_check.parse_pytest_log(crashed)
+    assert (j['tests'], j['passed'], j['failed']) == (2, 1, 1)
+    assert j['failures'] == [{'test': 'tests/test_op_devices.py::test_bad_inputs[cpu]',
+                              'message': 'the test process died: Segmentation fault'}]
+    xdist = textwrap.dedent("""\
+        [gw1] [ 50%] PASSED tests/test_op_devices.py::test_a[cuda]
+        [gw0] [100%] FAILED tests/test_op_devices.py::test_b[cpu]
+        """)
+    j = gpu_check.parse_pytest_log(xdist)
+    assert (j['tests'], j['passed'], j['failed']) == (2, 1, 1)
+    assert j['failures'][0]['test'] == 'tests/test_op_devices.py::test_b[cpu]'
+
+
+def test_tests_stage_isolates_crashing_tests_where_xdist_is_installed(monkeypatch):
+    monkeypatch.setattr(gpu_check, '_findable', lambda module: module == 'xdist')
+    assert gpu_check.isolating_args()[:2] == ['-n', '2']
+    monkeypatch.setattr(gpu_check, '_findable', lambda module: False)
+    assert gpu_check.isolating_args() == []
+
+
 def test_benchmark_table_ratios():
     def cell(model, size, prec, seconds, mode):
         return dict(model=model, size=size, precision=prec, seconds=seconds, mode=mode,

@@ -186,14 +186,20 @@ def parse_junit(path: Path) -> dict:
 def parse_pytest_log(text: str) -> dict:
     """The same counts as :func:`parse_junit` from ``pytest -v`` lines (``path::test STATUS``).
 
-    Used when pytest was killed before it wrote its XML; failure messages are not in these lines.
+    Used when pytest was killed before it wrote its XML, or its process died (a segfault: the
+    test it was running is then reported as failed, with the fatal error as its message); other
+    failure messages are not in these lines. pytest-xdist's lines (``[gw0] [ 5%] PASSED
+    path::test``) are read too.
     """
     out = {'tests': 0, 'passed': 0, 'failed': 0, 'errors': 0, 'skipped': 0, 'failures': [],
            'skips': {}, 'from_log': True}
     seen = set()
-    for m in re.finditer(r'^(\S+::\S+) (PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS)\b', text,
-                         re.MULTILINE):
-        test, status = m.groups()
+    statuses = r'(PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS)'
+    found = [(m.start(), m.group(1), m.group(2)) for m in re.finditer(
+        r'^(\S+::\S+) ' + statuses + r'\b', text, re.MULTILINE)]
+    found += [(m.start(), m.group(2), m.group(1)) for m in re.finditer(
+        r'^\[gw\d+\] \[\s*\d+%\] ' + statuses + r' (\S+::\S+)', text, re.MULTILINE)]
+    for _, test, status in sorted(found):
         if (test, status) in seen:
             continue
         seen.add((test, status))
@@ -205,7 +211,21 @@ def parse_pytest_log(text: str) -> dict:
         else:
             out['failed' if status == 'FAILED' else 'errors'] += 1
             out['failures'].append({'test': test, 'message': '(see the log)'})
+    crash = re.search(r'^(\S+::\S+) Fatal Python error: (.*)$', text, re.MULTILINE)
+    if crash and not any(t == crash.group(1) for t, _ in seen):
+        out['tests'] += 1
+        out['failed'] += 1
+        out['failures'].append({'test': crash.group(1),
+                                'message': f'the test process died: {crash.group(2).strip()}'})
     return out
+
+
+def isolating_args() -> List[str]:
+    """pytest arguments that run the tests in pytest-xdist worker processes, where installed: a
+    test that kills its process (a segfault in a kernel) is then reported as failed and a fresh
+    worker runs the rest. Without them the first H200 run lost every test after the one that
+    crashed (test_op_devices.py::test_bad_inputs[cpu], torch 2.11)."""
+    return ['-n', '2', '--max-worker-restart', '16'] if _findable('xdist') else []
 
 
 def speed_ratio(row: dict, reference: Optional[dict]) -> Optional[float]:
@@ -488,13 +508,14 @@ class Check:
         return result
 
     def pytest_stage(self, name: str, args: List[str], timeout: float, prefix: List[str] = (),
-                     **env_extra: str) -> dict:
+                     isolate: bool = False, **env_extra: str) -> dict:
         junit = self.work / f'junit-{name}.xml'
         if junit.exists():
             junit.unlink()
         # -v: one line per test in the log, so a run cut by the timeout still shows its results
         cmd = list(prefix) + [sys.executable, '-m', 'pytest', '-v', '-p', 'no:cacheprovider',
-                              '-rfEs', f'--junitxml={junit}'] + args
+                              '-rfEs', f'--junitxml={junit}'] + (
+                                  isolating_args() if isolate else []) + args
         if _findable('pytest_timeout'):
             cmd[len(prefix) + 3:len(prefix) + 3] = ['--timeout', str(PER_TEST_TIMEOUT)]
         log = self.out / f'{name}.log'
@@ -502,7 +523,7 @@ class Check:
         result = {'command': ' '.join(cmd), 'rc': res['rc']}
         if junit.exists():
             result['junit'] = parse_junit(junit)
-        elif log.exists():  # killed before pytest wrote the XML: what the log shows
+        elif log.exists():  # killed or crashed before pytest wrote the XML: what the log shows
             result['junit'] = parse_pytest_log(log.read_text(errors='replace'))
         if res['timed_out']:
             result['status'] = 'timeout'
@@ -522,7 +543,7 @@ class Check:
         if not self.gpu:
             return {'status': NO_GPU, 'command': 'MMSGFORMER_ALL_DEVICES=1 python -m pytest '
                                                  + ' '.join(TEST_FILES)}
-        return self.pytest_stage('tests', TEST_FILES, self.need(timeout),
+        return self.pytest_stage('tests', TEST_FILES, self.need(timeout), isolate=True,
                                  MMSGFORMER_ALL_DEVICES='1')
 
     def stage_memcheck(self, timeout: float) -> dict:
