@@ -103,7 +103,8 @@ def split_for_cache(t: torch.Tensor) -> bool:
     their temporaries in cache and let the allocator reuse them. On a GPU every piece is a few
     kernel launches of its own (at 800x1344 thousands per step: SG-Former-S training ran at a
     ninth of Swin-T's speed on an H200), so there the work runs as one piece, and the key-mass
-    pass in chunks of ``_CHUNK_ELEMS_DEVICE`` probabilities."""
+    pass in chunks of ``_CHUNK_ELEMS_DEVICE`` probabilities (design §4, "Pieces are for the
+    CPU")."""
     return t.device.type == 'cpu'
 
 
