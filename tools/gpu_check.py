@@ -22,8 +22,8 @@ one):
 4. ``memcheck``: the tests named ``memcheck_subset`` and the tiny backbone at 224 under
    ``compute-sanitizer --tool memcheck`` (CUDA caching allocator off), where the tool runs.
 5. ``benchmark``: SGFormer-S/M/B against Swin-T/S/B (mmpretrain's when importable, else
-   timm's, else none) at 224 (batch 128, inference) and 800x1344 (batch 2, backbone
-   forward + backward), float32 and bfloat16 autocast: median of CUDA-event timings after
+   timm's, else none) at 224 (batch 128, inference), 800x1344 (batch 2) and 512x512 (batch
+   4; backbone forward + backward), float32 and bfloat16 autocast: median of CUDA-event timings after
    warm-up, peak CUDA memory, speed relative to Swin-T.
 
 ``report.md`` and ``report.json`` go to ``--out``, with one log per stage; the markdown is
@@ -76,7 +76,8 @@ TIMM_SWIN = {'t': 'swin_tiny_patch4_window7_224', 's': 'swin_small_patch4_window
              'b': 'swin_base_patch4_window7_224'}
 # (size name, (H, W), batch, mode, warm-up, repeats) on a GPU, and the tiny dry-run analogues
 BENCH_SIZES = [('224', (224, 224), 128, 'inference', 5, 20),
-               ('800x1344', (800, 1344), 2, 'train', 3, 10)]
+               ('800x1344', (800, 1344), 2, 'train', 3, 10),
+               ('512x512', (512, 512), 4, 'train', 3, 10)]
 DRY_SIZES = [('64x64', (64, 64), 1, 'inference', 1, 1),
              ('64x96', (64, 96), 1, 'train', 1, 1)]
 PRECISIONS = ('fp32', 'bf16')
@@ -243,7 +244,7 @@ def benchmark_table(rows: List[dict], reference_model: str = 'swin-t') -> str:
     """The one markdown table: a line per model, per size and precision speed, ratio, memory.
 
     ``rows``: benchmark cells ``{'model', 'size', 'precision', 'batch', 'mode', 'seconds',
-    'peak_mib', 'params_m', 'error'}``; 224 cells are shown as img/s, 800x1344 cells as
+    'peak_mib', 'params_m', 'error'}``; inference cells are shown as img/s, training cells as
     s/step. The ratio is the speed relative to ``reference_model`` (> 1: faster).
     """
     models, sizes = [], []
@@ -783,7 +784,8 @@ def bench_worker(jsonl: Path, dry_run: bool) -> int:
         'reference': 'swin-tiny-test' if not cuda else 'swin-t',
         'note': 'Stochastic depth off; eval mode for inference, train mode for fwd+bwd.',
         'legend': ('224: classifier (backbone, average pool, Linear(C, 1000)), torch.no_grad, '
-                   'images per second. 800x1344: backbone with all four outputs, forward + '
+                   'images per second. 800x1344, 512x512: backbone with all four outputs, '
+                   'forward + '
                    'backward of the sum of the output means, seconds per step. bf16: '
                    'torch.autocast(bfloat16). Times: median over the repeats after warm-up '
                    '(CUDA events). In brackets: speed relative to Swin-T (> 1: faster). Peak: '
