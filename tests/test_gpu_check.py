@@ -78,6 +78,12 @@ def test_dry_run_without_openmmlab_codebases(tmp_path):
     for r in sg:
         assert not r.get('error'), r
         assert r['seconds'] > 0 and len(r['times']) == 1 and r['params_m'] > 0
+    profiles = report['benchmark']['profiles']
+    assert [p['model'] for p in profiles] == ['sgformer-tiny', 'swin-tiny-test'][:len(profiles)]
+    assert profiles and profiles[0]['wall_ms'] > 0 and profiles[0]['kernels_per_step'] == 0
+    assert profiles[0]['busy_share'] is None  # no GPU: no kernels, no busy time
+    md = (out / 'report.md').read_text()
+    assert '## Profile' in md and '| sgformer-tiny | 64x96, 1 | 0 | - |' in md
     swin = [r for r in rows if r['model'] == 'swin-tiny-test']
     if report['benchmark']['swin_source'].startswith('none'):
         assert not swin
@@ -174,6 +180,15 @@ def test_tests_stage_isolates_crashing_tests_where_xdist_is_installed(monkeypatc
     assert gpu_check.isolating_args()[:2] == ['-n', '2']
     monkeypatch.setattr(gpu_check, '_findable', lambda module: False)
     assert gpu_check.isolating_args() == []
+
+
+def test_profile_table():
+    rows = [dict(model='sgformer-s', size='800x1344', batch=2, kernels_per_step=2995.0,
+                 device_busy_ms=61.25, wall_ms=240.0, busy_share=0.2552),
+            dict(model='swin-t', size='800x1344', batch=2, error='OutOfMemoryError: boom')]
+    lines = gpu_check.profile_table(rows).splitlines()
+    assert lines[2] == '| sgformer-s | 800x1344, 2 | 2995 | 61.2 | 240.0 | 0.26 |'
+    assert lines[3].startswith('| swin-t | 800x1344, 2 | error: OutOfMemoryError: boom |')
 
 
 def test_benchmark_table_ratios():

@@ -24,7 +24,10 @@ one):
 5. ``benchmark``: SGFormer-S/M/B against Swin-T/S/B (mmpretrain's when importable, else
    timm's, else none) at 224 (batch 128, inference), 800x1344 (batch 2) and 512x512 (batch
    4; backbone forward + backward), float32 and bfloat16 autocast: median of CUDA-event timings after
-   warm-up, peak CUDA memory, speed relative to Swin-T.
+   warm-up, peak CUDA memory, speed relative to Swin-T; then ``torch.profiler`` over three
+   float32 training steps of SGFormer-S and Swin-T at 800x1344: GPU kernels per step, the
+   time they keep the GPU busy against the wall time (a low share: the GPU waits for the
+   host), the top operators (in ``bench.log``).
 
 ``report.md`` and ``report.json`` go to ``--out``, with one log per stage; the markdown is
 printed at the end. ``--dry-run`` (or no GPU) reports every CUDA part as "skipped: no GPU" and
@@ -82,6 +85,10 @@ DRY_SIZES = [('64x64', (64, 64), 1, 'inference', 1, 1),
              ('64x96', (64, 96), 1, 'train', 1, 1)]
 PRECISIONS = ('fp32', 'bf16')
 BENCH_TAG = 'GPU_CHECK_BENCH '
+# profiled after the table, float32 training: (model, size name) on a GPU and in the dry run
+PROFILE_CELLS = [('sgformer-s', '800x1344'), ('swin-t', '800x1344')]
+DRY_PROFILE_CELLS = [('sgformer-tiny', '64x96'), ('swin-tiny-test', '64x96')]
+PROFILE_STEPS = 3
 
 
 # ------------------------------------------------------------------------------ helpers
@@ -290,6 +297,23 @@ def benchmark_table(rows: List[dict], reference_model: str = 'swin-t') -> str:
                 mems.append(_fmt(r.get('peak_mib'), '.0f'))
             line.append('/'.join(mems))
         lines.append('| ' + ' | '.join(line) + ' |')
+    return '\n'.join(lines)
+
+
+def profile_table(rows: List[dict]) -> str:
+    """Markdown table of the profiled cells: kernels per step and how busy they keep the GPU.
+    A busy share well below 1 means the GPU waits for the host (launches, Python)."""
+    lines = ['| model | input, batch | kernels / step | GPU busy ms / step | wall ms / step | '
+             'busy share |', '|---|---|---|---|---|---|']
+    for r in rows:
+        if r.get('error'):
+            lines.append(f"| {r['model']} | {r['size']}, {r['batch']} | error: "
+                         f"{r['error'][:80]} | - | - | - |")
+            continue
+        lines.append(f"| {r['model']} | {r['size']}, {r['batch']} | "
+                     f"{_fmt(r.get('kernels_per_step'), '.0f')} | "
+                     f"{_fmt(r.get('device_busy_ms'), '.1f')} | {_fmt(r.get('wall_ms'), '.1f')} | "
+                     f"{_fmt(r.get('busy_share'), '.2f')} |")
     return '\n'.join(lines)
 
 
@@ -589,8 +613,10 @@ class Check:
         if jsonl.exists():
             rows = [json.loads(ln) for ln in jsonl.read_text().splitlines() if ln.strip()]
         meta = next((r for r in rows if r.get('meta')), {})
-        cells = [r for r in rows if not r.get('meta')]
-        self.bench = {'rows': cells, **{k: v for k, v in meta.items() if k != 'meta'}}
+        cells = [r for r in rows if not r.get('meta') and not r.get('profile')]
+        profiles = [r for r in rows if r.get('profile')]
+        self.bench = {'rows': cells, 'profiles': profiles,
+                      **{k: v for k, v in meta.items() if k != 'meta'}}
         errors = [c for c in cells if c.get('error')]
         status = 'timeout' if res['timed_out'] else ('ok' if res['rc'] == 0 else 'failed')
         detail = f"{len(cells)} cells, {len(errors)} with errors"
@@ -653,6 +679,9 @@ class Check:
             lines.append(b.get('legend', ''))
         else:
             lines.append('no benchmark results')
+        if b.get('profiles'):
+            lines += ['', f'## Profile ({PROFILE_STEPS} float32 steps each; the top operators '
+                          'are in bench.log)', '', profile_table(b['profiles'])]
         return '\n'.join(lines) + '\n'
 
 
@@ -822,6 +851,25 @@ def bench_worker(jsonl: Path, dry_run: bool) -> int:
             del model
             if cuda:
                 torch.cuda.empty_cache()
+    for name, size in DRY_PROFILE_CELLS if not cuda else PROFILE_CELLS:
+        if name.startswith('swin') and source is None:
+            continue
+        _, hw, batch, mode, warmup, _ = next(spec for spec in sizes if spec[0] == size)
+        cell = dict(profile=True, model=name, size=size, batch=batch, precision='fp32')
+        try:
+            torch.manual_seed(0)
+            model = build_bench_model(name, dense=True, img_hw=hw, source=source).to(device)
+            model.train(mode == 'train')
+            cell.update(_profile(model, hw, batch, mode, device, warmup))
+            del model
+        except Exception as e:
+            cell['error'] = f'{type(e).__name__}: {str(e)[:300]}'
+        table = cell.pop('table', '')
+        _emit(jsonl, cell)
+        print(f'# profile of {name} {mode} {size} batch {batch} fp32, {PROFILE_STEPS} steps\n'
+              f'{table}', flush=True)
+        if cuda:
+            torch.cuda.empty_cache()
     return 0
 
 
@@ -872,6 +920,51 @@ def _measure(model, hw, batch: int, mode: str, precision: str, device, warmup: i
     out = {'seconds': statistics.median(times), 'times': [round(t, 5) for t in times]}
     out['peak_mib'] = torch.cuda.max_memory_allocated() / 2**20 if cuda else None
     return out
+
+
+def _profile(model, hw, batch: int, mode: str, device, warmup: int) -> dict:
+    """Where ``PROFILE_STEPS`` steps of a cell go (``torch.profiler``): GPU kernels launched per
+    step, the time they keep the GPU busy against the step's wall time (a low share: the GPU
+    waits for the host), and the top operators as a table (``'table'``)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+    cuda = device.type == 'cuda'
+    x = torch.randn(batch, 3, *hw, device=device)
+
+    def step() -> None:
+        model.zero_grad(set_to_none=True)
+        with torch.set_grad_enabled(mode == 'train'):
+            outs = model(x)
+            if mode == 'train':
+                sum(o.float().mean() for o in outs).backward()
+
+    for _ in range(warmup):
+        step()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        if cuda:
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(PROFILE_STEPS):
+            step()
+        if cuda:
+            torch.cuda.synchronize()
+        wall = (time.perf_counter() - t0) / PROFILE_STEPS
+    kernels = [e for e in prof.events()
+               if e.device_type == torch.autograd.DeviceType.CUDA]
+    busy = sum(e.time_range.end - e.time_range.start for e in kernels) / 1e6 / PROFILE_STEPS
+    averages = prof.key_averages()
+    table = ''
+    for key in (('self_device_time_total', 'self_cuda_time_total') if cuda
+                else ('self_cpu_time_total', )):
+        try:
+            table = averages.table(sort_by=key, row_limit=15)
+            break
+        except (AttributeError, KeyError, ValueError):
+            continue
+    return {'kernels_per_step': len(kernels) / PROFILE_STEPS, 'wall_ms': wall * 1e3,
+            'device_busy_ms': busy * 1e3 if cuda else None,
+            'busy_share': busy / wall if cuda else None, 'table': table}
 
 
 # ------------------------------------------------------------------------------ entry point
