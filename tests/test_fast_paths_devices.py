@@ -101,3 +101,22 @@ def test_kernels_per_step_do_not_grow_with_the_batch_off_the_cpu(train, size, ba
     model.to('meta')
     meta = [_kernels_per_step(model, b, size, 'meta', train) for b in batches]
     assert meta[0] == meta[1], f'batch {small}: {meta[0]} kernels, batch {large}: {meta[1]}'
+
+
+def test_focal_attention_gathers_its_windows_in_one_chunk_off_the_cpu(monkeypatch):
+    """Focal attention's window chunks (``chunk_bytes``, for the CPU's page faults) become one
+    gather and one attention call on another device (``device_chunk_bytes``)."""
+    from mmsgformer.models.focal_attention import FocalAttention, focal_geometry
+    from mmsgformer.models.focal_transformer import FocalBlock
+    monkeypatch.setattr(FocalAttention, 'chunk_bytes', 1)  # one window per call on the CPU
+    gathers = {}
+    for device in ('cpu', 'meta'):
+        block = FocalBlock(16, 2, focal_window=5).to(device)
+        geometry = focal_geometry((20, 23), 7, 3, 5, True, 'masked', device=device)
+        counter = _CountKernels()
+        with counter, torch.no_grad():
+            block(torch.randn(2, 20 * 23, 16, device=device), (20, 23), geometry)
+        gathers[device] = counter.calls['index_select']
+    # the 3 x 4 windows one by one on the CPU, all in one gather on meta (the block makes the
+    # same other index_select calls on both)
+    assert gathers['cpu'] - gathers['meta'] == 3 * 4 - 1

@@ -37,7 +37,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from mmengine.model.weight_init import trunc_normal_
 
-from .fast_paths import is_tracing
+from .fast_paths import is_tracing, split_for_cache
 
 __all__ = ['BORDER_MODES', 'POOL_METHODS', 'OFFICIAL_POOL_MASK', 'MASKED_LOGIT',
            'OFFICIAL_INDEX_BUFFERS',
@@ -233,12 +233,17 @@ class FocalAttention(nn.Module):
         qkv_bias: bias of the qkv Linear.
         qk_scale: logit scale; default ``head_dim ** -0.5``.
 
-    Windows are processed in chunks of at most :attr:`chunk_bytes` of gathered keys/values and
-    mask per ``scaled_dot_product_attention`` call (same result, lower peak memory).
+    Windows are processed in chunks of at most :attr:`chunk_bytes` (on a GPU
+    :attr:`device_chunk_bytes`) of gathered keys/values and mask per
+    ``scaled_dot_product_attention`` call (same result, lower peak memory).
     """
 
-    #: byte budget of one attention call (keys/values + mask); a class attribute, tunable
+    #: byte budget of one attention call (keys/values + mask) on the CPU; a class attribute,
+    #: tunable
     chunk_bytes = 16 * 2**20
+    #: the same elsewhere: on a GPU each chunk is kernel launches of its own
+    #: (:func:`mmsgformer.models.fast_paths.split_for_cache`), so one call takes far more
+    device_chunk_bytes = 512 * 2**20
 
     def __init__(self, embed_dims: int, num_heads: int, window_size: int = 7,
                  expand_size: int = 3, focal_window: int = 7, pooled: bool = True,
@@ -342,7 +347,8 @@ class FocalAttention(nn.Module):
         # under `chunk_bytes` (large fresh allocations cost page faults on CPU); Python ints from
         # static sizes (S too: see neighbour_offsets), so a traced graph has fixed chunks
         per_window = (2 * B * C + nH * ws * ws) * S * q.element_size()
-        step = max(1, min(nW, self.chunk_bytes // per_window))
+        budget = self.chunk_bytes if split_for_cache(q) else self.device_chunk_bytes
+        step = max(1, min(nW, budget // per_window))
         outs = []
         for w0 in range(0, nW, step):
             n = min(step, nW - w0)
