@@ -185,10 +185,11 @@ def attention(module: nn.Module, q: torch.Tensor, k: torch.Tensor, v: torch.Tens
 # Inference: above this many score elements the coarse branch runs in query chunks (never at
 # 224/448 with ordinary batches, so the official operation order is kept there). Training: the
 # key-mass pass always runs in chunks of this many probabilities: 2 MiB in float32 on the CPU
-# (in cache), 256 MiB on a GPU (a few chunks per call: split_for_cache).
+# (in cache), 64 MiB on a GPU (a few chunks per call, and a transient of a few hundred MiB at
+# most beside the activations: split_for_cache).
 _CHUNK_INFERENCE_ABOVE = 1 << 24
 _CHUNK_ELEMS = 1 << 19
-_CHUNK_ELEMS_DEVICE = 1 << 26
+_CHUNK_ELEMS_DEVICE = 1 << 24
 
 
 def _chunks(Bt: int, g: int, Nq: int, Nk: int, budget: int = _CHUNK_ELEMS) -> Tuple[int, int]:
