@@ -13,7 +13,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from mmsgformer.models import SGFormer, fast_paths
-from mmsgformer.models.attention import _key_mask
+from mmsgformer.models.attention import _window_padding
 from official_sgformer import TINY
 
 # ATen calls that only make a view or an empty tensor (no kernel launch on a GPU)
@@ -75,15 +75,17 @@ def test_pieces_are_whole_off_the_cpu():
     assert -(-67200 // cpu_rows) > 100 and -(-67200 // device_rows) <= 10
 
 
-def test_window_key_mask_is_made_on_the_device():
-    """The padded-window mask is built where the queries are (a host-to-GPU copy would make
-    the host wait for the queued kernels) and is the CPU one there."""
-    cpu = _key_mask(10, 16, 7, torch.device('cpu'), torch.float32)
-    meta = _key_mask(10, 16, 7, torch.device('meta'), torch.bfloat16)
-    assert meta.device.type == 'meta' and meta.dtype == torch.bfloat16
-    assert meta.shape == cpu.shape == (2 * 3, 49)
-    assert cpu.sum().item() == 10 * 16
-    assert _key_mask(10, 16, 7, torch.device('cpu'), torch.float32) is cpu  # cached
+def test_window_padding_masks_are_made_on_the_device():
+    """The padded-window masks are built where the queries are (a host-to-GPU copy would make
+    the host wait for the queued kernels), once per batch, size, device and dtype."""
+    mask, counts, bias = _window_padding(3, 10, 16, 7, torch.device('cpu'), torch.float32)
+    assert mask.shape == (3 * 2 * 3, 49) and counts.shape == (18, 1)
+    assert bias.shape == (18, 1, 1, 49)
+    assert mask.sum().item() == 3 * 10 * 16 and counts[:6, 0].tolist() == [49, 49, 14, 21, 21, 6]
+    assert torch.equal(bias[:, 0, 0] == 0, mask == 1) and bias.min().item() == float('-inf')
+    assert _window_padding(3, 10, 16, 7, torch.device('cpu'), torch.float32)[2] is bias  # cached
+    meta = _window_padding(3, 10, 16, 7, torch.device('meta'), torch.bfloat16)
+    assert all(t.device.type == 'meta' and t.dtype == torch.bfloat16 for t in meta)
 
 
 @pytest.mark.parametrize('train,size,batches', [(True, (384, 384), (2, 4)),

@@ -107,21 +107,27 @@ def _window_reverse(x: torch.Tensor, B: int, H: int, W: int, window: int) -> tor
     return x.reshape(B, H * W, ch)
 
 
-@lru_cache(maxsize=32)
-def _cached_key_mask(H: int, W: int, window: int, device: torch.device,
-                     dtype: torch.dtype) -> torch.Tensor:
-    return window_query_weights(H, W, window, device, dtype)[0]
+def _padding_masks(batch: int, H: int, W: int, window: int, device: torch.device,
+                   dtype: torch.dtype) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    mask = window_query_weights(H, W, window, device, dtype)[0].repeat(batch, 1)
+    key_bias = torch.zeros_like(mask).masked_fill_(mask == 0, float('-inf'))
+    return mask, mask.sum(1, keepdim=True), key_bias[:, None, None, :]
 
 
-def _key_mask(H: int, W: int, window: int, device: torch.device,
-              dtype: torch.dtype) -> torch.Tensor:
-    """``(nW, window*window)``: 1 for real tokens, 0 for padding; made on ``device`` (a copy
-    from the host would make the host wait for a GPU's queued work) and cached per size,
-    device and dtype, except while compiling/tracing/exporting (no fake tensor may enter the
-    cache)."""
+_cached_padding_masks = lru_cache(maxsize=32)(_padding_masks)
+
+
+def _window_padding(batch: int, H: int, W: int, window: int, device: torch.device,
+                    dtype: torch.dtype) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Which slots of the ``batch * nW`` windows hold real tokens when ``(H, W)`` is padded to
+    multiples of ``window``: ``(query_mask (B*nW, w*w)`` 1 for real tokens, ``query_counts
+    (B*nW, 1)``, ``key_bias (B*nW, 1, 1, w*w)`` ``-inf`` on padded keys), windows row-major
+    per image. Made on ``device`` (a copy from the host would make the host wait for a GPU's
+    queued work) and cached per batch, size, device and dtype, except while compiling, tracing
+    or exporting (no fake tensor may enter the cache)."""
     if fast_paths.is_tracing():
-        return window_query_weights(H, W, window, device, dtype)[0]
-    return _cached_key_mask(H, W, window, device, dtype)
+        return _padding_masks(batch, H, W, window, device, dtype)
+    return _cached_padding_masks(batch, H, W, window, device, dtype)
 
 
 class HybridScaleAttention(_LePEProj):
@@ -210,10 +216,7 @@ class HybridScaleAttention(_LePEProj):
         key_bias = qmask = qcount = None
         # padded windows: mask padded keys, average over real queries (always with symbolic sizes)
         if is_symbolic(H, W) or H % w or W % w:
-            mask = _key_mask(H, W, w, q2.device, q2.dtype).repeat(B, 1)
-            qmask, qcount = mask, mask.sum(1, keepdim=True)
-            key_bias = torch.zeros_like(mask).masked_fill_(mask == 0, float('-inf'))
-            key_bias = key_bias[:, None, None, :]
+            qmask, qcount, key_bias = _window_padding(B, H, W, w, q2.device, q2.dtype)
         attend = (fast_paths.attention_and_key_mass if fast_paths.use_fast_path(self)
                   else attention_and_key_mass)
         o2, mass = attend(q2, k2, v2, self.scale, key_bias, qmask, qcount)
