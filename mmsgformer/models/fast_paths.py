@@ -273,10 +273,16 @@ def attention_and_key_mass(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sc
 # ---------------------------------------------------------------------------------- FFN
 
 
+def _has_autocast(device_type: str) -> bool:
+    """Whether autocast exists for this device type (not for ``meta``; torch < 2.4 does not
+    say, and is taken to have it)."""
+    available = getattr(torch.amp, 'is_autocast_available', None)  # torch >= 2.4
+    return available is None or available(device_type)
+
+
 def _autocast_on(device: torch.device) -> bool:
     """Whether autocast is on for ``device``'s type (the convs would return its dtype)."""
-    available = getattr(torch.amp, 'is_autocast_available', None)  # torch >= 2.4
-    if available is not None and not available(device.type):
+    if not _has_autocast(device.type):
         return False
     try:
         return torch.is_autocast_enabled(device.type)  # torch >= 2.4
@@ -290,8 +296,7 @@ def _no_autocast(t: torch.Tensor):
     """A context without autocast on ``t``'s device: the recomputing functions below handle
     dtypes themselves, identically in forward and in the recomputation of backward. (Devices
     without autocast, such as ``meta``, need no context.)"""
-    available = getattr(torch.amp, 'is_autocast_available', None)  # torch >= 2.4
-    if available is not None and not available(t.device.type):
+    if not _has_autocast(t.device.type):
         return contextlib.nullcontext()
     return torch.autocast(device_type=t.device.type, enabled=False)
 
