@@ -815,8 +815,7 @@ def bench_worker(jsonl: Path, dry_run: bool) -> int:
         'note': 'Stochastic depth off; eval mode for inference, train mode for fwd+bwd.',
         'legend': ('224: classifier (backbone, average pool, Linear(C, 1000)), torch.no_grad, '
                    'images per second. 800x1344, 512x512: backbone with all four outputs, '
-                   'forward + '
-                   'backward of the sum of the output means, seconds per step. bf16: '
+                   'forward + backward of the sum of the output means, seconds per step. bf16: '
                    'torch.autocast(bfloat16). Times: median over the repeats after warm-up '
                    '(CUDA events). In brackets: speed relative to Swin-T (> 1: faster). Peak: '
                    'torch.cuda.max_memory_allocated during the timed runs (weights included).'),
@@ -880,14 +879,11 @@ def _emit(jsonl: Path, cell: dict) -> None:
     print(BENCH_TAG + json.dumps(cell), flush=True)
 
 
-def _measure(model, hw, batch: int, mode: str, precision: str, device, warmup: int,
-             repeats: int) -> dict:
-    """Median seconds per call and peak memory of one cell (see the report legend)."""
+def _step(model, x, mode: str, precision: str) -> Callable[[], None]:
+    """One step of a cell: a no-grad forward (inference), or forward + backward of the sum of
+    the output means (train); under bf16 autocast for ``precision == 'bf16'``."""
     import torch
-    cuda = device.type == 'cuda'
-    gen = torch.Generator(device=device).manual_seed(0)
-    x = torch.randn(batch, 3, *hw, device=device, generator=gen)
-    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == 'bf16')
+    amp = torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=precision == 'bf16')
 
     def step() -> None:
         if mode == 'inference':
@@ -899,6 +895,17 @@ def _measure(model, hw, batch: int, mode: str, precision: str, device, warmup: i
                 outs = model(x)
                 loss = sum(o.float().mean() for o in outs)
             loss.backward()
+    return step
+
+
+def _measure(model, hw, batch: int, mode: str, precision: str, device, warmup: int,
+             repeats: int) -> dict:
+    """Median seconds per call and peak memory of one cell (see the report legend)."""
+    import torch
+    cuda = device.type == 'cuda'
+    gen = torch.Generator(device=device).manual_seed(0)
+    x = torch.randn(batch, 3, *hw, device=device, generator=gen)
+    step = _step(model, x, mode, precision)
 
     for _ in range(warmup):
         step()
@@ -930,15 +937,7 @@ def _profile(model, hw, batch: int, mode: str, device, warmup: int) -> dict:
     import torch
     from torch.profiler import ProfilerActivity, profile
     cuda = device.type == 'cuda'
-    x = torch.randn(batch, 3, *hw, device=device)
-
-    def step() -> None:
-        model.zero_grad(set_to_none=True)
-        with torch.set_grad_enabled(mode == 'train'):
-            outs = model(x)
-            if mode == 'train':
-                sum(o.float().mean() for o in outs).backward()
-
+    step = _step(model, torch.randn(batch, 3, *hw, device=device), mode, 'fp32')
     for _ in range(warmup):
         step()
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
